@@ -1,0 +1,95 @@
+"""Chooses the implementation of an operator family for given inputs (DESIGN.md section 3).
+
+Order: explicit ``backend=`` argument or the ``CVK_BACKEND`` environment variable →
+on CUDA tensors the GPU kernel (Triton or CUDA C++, the faster for the shape class) →
+on CPU tensors the C++ CPU kernel when the family has one and the library is loaded, the
+Triton kernel when ``TRITON_INTERPRET=1``, else the pure-torch path. Cases a kernel does
+not support fall back to the torch path, never to a wrong answer. Set ``CVK_DEBUG=1`` (or
+the ``cvkernels`` logger to DEBUG) to log which path ran.
+"""
+import logging
+import os
+
+from . import _extension
+
+log = logging.getLogger("cvkernels")
+if os.environ.get("CVK_DEBUG", "0") == "1":
+    logging.basicConfig()
+    log.setLevel(logging.DEBUG)
+
+BACKENDS = ("triton", "cuda", "cpp", "torch")
+
+# family -> backends it implements (besides "torch", which every family has)
+FAMILIES = {
+    "batch_norm_relu": {"gpu": ("triton",), "cpu": ("cpp", "triton")},
+}
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _usable(backend, device_type, family):
+    if backend == "torch":
+        return True
+    if backend == "triton":
+        return triton_available() and (device_type == "cuda" or triton_interpreting())
+    if backend == "cpp":
+        return device_type == "cpu" and _extension.has_ops()
+    if backend == "cuda":
+        return device_type == "cuda" and _extension.has_cuda_ops()
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+def choose(family, device_type, backend=None, supported=True):
+    """Returns the backend name that will run ``family`` for tensors on ``device_type``.
+
+    ``supported=False`` means the inputs use an option no kernel handles: the torch path runs.
+    An explicit backend that cannot run here raises instead of silently running another one.
+    """
+    impls = FAMILIES[family]
+    requested = backend or os.environ.get("CVK_BACKEND") or None
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
+        if requested != "torch" and requested not in impls["gpu"] + impls["cpu"]:
+            if backend is None:  # environment-wide preference: families without it use their default
+                requested = None
+            else:
+                raise ValueError(f"{family} has no {requested!r} backend (has {impls} and 'torch')")
+    if requested is not None:
+        if not supported and requested != "torch":
+            log.debug("%s: inputs not supported by %s, using torch", family, requested)
+            return "torch"
+        if backend is not None and not _usable(requested, device_type, family):
+            raise RuntimeError(
+                f"{family}: backend {requested!r} cannot run on {device_type} here "
+                f"(triton interpreter={triton_interpreting()}, compiled ops={_extension.has_ops()})")
+        if _usable(requested, device_type, family):
+            log.debug("%s on %s: %s (requested)", family, device_type, requested)
+            return requested
+    if not supported:
+        return "torch"
+    order = impls["gpu"] if device_type == "cuda" else impls["cpu"]
+    for name in order:
+        if _usable(name, device_type, family):
+            log.debug("%s on %s: %s", family, device_type, name)
+            return name
+    log.debug("%s on %s: torch", family, device_type)
+    return "torch"
+
+
+def describe():
+    """{family: {device: backend}} as dispatch would choose now, for ``cvkernels info``."""
+    out = {}
+    for family in FAMILIES:
+        out[family] = {"cpu": choose(family, "cpu"), "cuda": choose(family, "cuda")}
+    return out

@@ -1,0 +1,53 @@
+"""Loads the compiled library cvkernels/_C.so (C++ CPU kernels, CUDA kernels when built).
+
+A missing or broken build never breaks ``import cvkernels``: the Triton and torch paths keep
+working and :func:`has_ops` returns False. :func:`load_error` says why it did not load.
+"""
+import glob
+import os
+
+import torch
+
+_loaded = False
+_error = None
+_path = None
+
+
+def _load():
+    global _loaded, _error, _path
+    if os.environ.get("CVK_DISABLE_EXTENSION", "0") == "1":
+        _error = "disabled by CVK_DISABLE_EXTENSION=1"
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = sorted(glob.glob(os.path.join(here, "_C*.so")) + glob.glob(os.path.join(here, "_C*.pyd")))
+    if not candidates:
+        _error = "cvkernels/_C was not built (pip install --no-build-isolation -e .)"
+        return
+    try:
+        torch.ops.load_library(candidates[0])
+    except (OSError, RuntimeError) as exc:  # ABI mismatch, missing symbols, ...
+        _error = f"failed to load {candidates[0]}: {exc}"
+        return
+    _loaded, _path = True, candidates[0]
+
+
+_load()
+
+
+def has_ops() -> bool:
+    """True when the compiled library (C++ CPU kernels, CUDA kernels if built) is loaded."""
+    return _loaded
+
+
+def has_cuda_ops() -> bool:
+    """True when the compiled library was built with its CUDA kernels."""
+    return _loaded and torch._C._dispatch_has_kernel_for_dispatch_key("cvkernels::bn_relu_forward", "CUDA")
+
+
+def load_error():
+    """Why the compiled library is not loaded (None when it is)."""
+    return _error
+
+
+def library_path():
+    return _path

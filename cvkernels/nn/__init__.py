@@ -1,0 +1,4 @@
+"""Drop-in nn.Modules, state_dict-compatible with the torch modules they replace."""
+from .batch_norm import BatchNormReLU, BatchNormReLU1d, BatchNormReLU2d, SyncBatchNormReLU
+
+__all__ = ["BatchNormReLU", "BatchNormReLU1d", "BatchNormReLU2d", "SyncBatchNormReLU"]

@@ -1,0 +1,1 @@
+"""Registered ops, autograd wrappers and functional APIs, one module per operator family."""
