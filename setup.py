@@ -68,7 +68,7 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=find_packages(include=["cvkernels", "cvkernels.*"]),
+    packages=find_packages(include=["cvkernels", "cvkernels.*", "reference", "reference.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -19,6 +19,13 @@ if os.environ.get("CVK_DEBUG", "0") == "1":
 
 BACKENDS = ("triton", "cuda", "cpp", "torch")
 
+
+def _debug(msg, *args):
+    """Logs which path ran; silent while torch.compile traces (logging would break the graph)."""
+    import torch
+    if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
+        log.debug(msg, *args)
+
 # family -> backends it implements (besides "torch", which every family has)
 FAMILIES = {
     "batch_norm_relu": {"gpu": ("triton",), "cpu": ("cpp", "triton")},
@@ -67,23 +74,23 @@ def choose(family, device_type, backend=None, supported=True):
                 raise ValueError(f"{family} has no {requested!r} backend (has {impls} and 'torch')")
     if requested is not None:
         if not supported and requested != "torch":
-            log.debug("%s: inputs not supported by %s, using torch", family, requested)
+            _debug("%s: inputs not supported by %s, using torch", family, requested)
             return "torch"
         if backend is not None and not _usable(requested, device_type, family):
             raise RuntimeError(
                 f"{family}: backend {requested!r} cannot run on {device_type} here "
                 f"(triton interpreter={triton_interpreting()}, compiled ops={_extension.has_ops()})")
         if _usable(requested, device_type, family):
-            log.debug("%s on %s: %s (requested)", family, device_type, requested)
+            _debug("%s on %s: %s (requested)", family, device_type, requested)
             return requested
     if not supported:
         return "torch"
     order = impls["gpu"] if device_type == "cuda" else impls["cpu"]
     for name in order:
         if _usable(name, device_type, family):
-            log.debug("%s on %s: %s", family, device_type, name)
+            _debug("%s on %s: %s", family, device_type, name)
             return name
-    log.debug("%s on %s: torch", family, device_type)
+    _debug("%s on %s: torch", family, device_type)
     return "torch"
 
 

@@ -5,8 +5,8 @@ Passes (each family adds its own):
     found by tracing each module's *own* forward with torch.fx (its children are leaves), so
     the model keeps its class, names, parameters (the same Parameter objects) and state_dict
     keys; a module whose forward cannot be traced is left as it is and its children are still
-    visited; a module that contains a pattern is replaced by an fx.GraphModule with the same
-    children. A pattern is fused only when it is safe: the BatchNorm output feeds only the
+    visited; a module that contains a pattern keeps its children and gets the rewritten
+    forward (see _install_forward). A pattern is fused only when it is safe: the BatchNorm output feeds only the
     add/ReLU, the add output feeds only the ReLU, and the BatchNorm module is called once.
 """
 import logging
@@ -67,7 +67,7 @@ def _fuse_bn_relu_in(module, shared, backend):
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    changed = False
+    fused_names = []
     for node in list(graph.nodes):
         if node.op != "call_module" or "." in node.target or not _fusable_bn(modules.get(node.target)):
             continue
@@ -93,6 +93,7 @@ def _fuse_bn_relu_in(module, shared, backend):
             continue
         fused_cls = SyncBatchNormReLU if isinstance(bn, nn.SyncBatchNorm) else BatchNormReLU
         setattr(module, node.target, fused_cls.from_batch_norm(bn, backend=backend))
+        fused_names.append(node.target)
         with graph.inserting_before(relu):
             args = (node.args[0],) if residual is None else (node.args[0], residual)
             fused = graph.call_module(node.target, args)
@@ -101,17 +102,63 @@ def _fuse_bn_relu_in(module, shared, backend):
         if residual is not None:
             graph.erase_node(add)
         graph.erase_node(node)
-        changed = True
-    if not changed:
+    if not fused_names:
         return None
     graph.lint()
-    gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
-    # keep children that the graph no longer calls (e.g. an unused ReLU) so state_dict keys stay
-    for name, child in module.named_children():
-        if not hasattr(gm, name):
-            gm.add_module(name, child)
-    gm.train(module.training)
-    return gm
+    _install_forward(module, graph, backend, fused_names)
+    return module
+
+
+def _install_forward(module, graph, backend, fused_names):
+    """Gives `module` the rewritten forward while keeping its class (as a subclass), attributes,
+    children order and state_dict. Pickling and deepcopy rebuild it from the unfused state."""
+    gm = fx.GraphModule(module, graph)
+    for node in graph.nodes:  # constants the tracer lifted onto the GraphModule
+        if node.op == "get_attr" and "." not in node.target and not hasattr(module, node.target):
+            object.__setattr__(module, node.target, getattr(gm, node.target))
+    module.__dict__["_cvk_forward"] = type(gm).forward
+    module.__dict__["_cvk_fused"] = tuple(fused_names)
+    module.__dict__["_cvk_backend"] = backend
+    module.__class__ = _converted_class(type(module))
+
+
+_CONVERTED_CLASSES = {}
+
+
+def _converted_class(base):
+    if getattr(base, "_cvk_base", None) is not None:
+        return base
+    if base not in _CONVERTED_CLASSES:
+        def forward(self, *args, **kwargs):
+            fused_forward = self.__dict__.get("_cvk_forward")
+            if fused_forward is None:  # e.g. a slice of a converted Sequential
+                return base.forward(self, *args, **kwargs)
+            return fused_forward(self, *args, **kwargs)
+
+        _CONVERTED_CLASSES[base] = type(base.__name__, (base,), {
+            "forward": forward, "_cvk_base": base, "__reduce_ex__": _reduce_converted,
+            "__module__": base.__module__, "__qualname__": base.__qualname__,
+            "__doc__": base.__doc__,
+        })
+    return _CONVERTED_CLASSES[base]
+
+
+def _reduce_converted(self, protocol):
+    state = dict(self.__dict__)
+    state.pop("_cvk_forward", None)
+    fused = state.pop("_cvk_fused", ())
+    backend = state.pop("_cvk_backend", None)
+    state["_modules"] = dict(state["_modules"])
+    for name in fused:
+        state["_modules"][name] = state["_modules"][name].to_batch_norm()
+    return _rebuild_converted, (type(self)._cvk_base, state, backend)
+
+
+def _rebuild_converted(base, state, backend):
+    module = base.__new__(base)
+    module.__dict__.update(state)
+    _fuse_bn_relu_in(module, set(), backend)
+    return module
 
 
 def _shared_modules(model):
@@ -121,22 +168,35 @@ def _shared_modules(model):
     return shared
 
 
+def _fuse_sequential(seq, shared, backend):
+    """nn.Sequential: BN at i and ReLU at i + 1 become BatchNormReLU and Identity (no tracing)."""
+    names = list(seq._modules)
+    for a, b in zip(names, names[1:]):
+        bn, relu = seq._modules[a], seq._modules[b]
+        if _fusable_bn(bn) and id(bn) not in shared and type(relu) is nn.ReLU and id(relu) not in shared:
+            fused_cls = SyncBatchNormReLU if isinstance(bn, nn.SyncBatchNorm) else BatchNormReLU
+            seq._modules[a] = fused_cls.from_batch_norm(bn, backend=backend)
+            seq._modules[b] = nn.Identity()
+
+
 def _convert_bn_relu(module, shared, backend):
-    for name, child in list(module.named_children()):
-        new_child = _convert_bn_relu(child, shared, backend)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    fused = _fuse_bn_relu_in(module, shared, backend)
-    return fused if fused is not None else module
+    for child in module.children():
+        _convert_bn_relu(child, shared, backend)
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        _fuse_sequential(module, shared, backend)
+    else:
+        _fuse_bn_relu_in(module, shared, backend)
 
 
 def convert(model: nn.Module, *, backend=None, bn_relu=True) -> nn.Module:
     """Routes the supported operators of ``model`` to cvkernels kernels; returns the model.
 
-    Modifies ``model`` in place where it can (sub-modules are swapped; parameters and
-    buffers are shared, so optimizers and state_dicts keep working) and returns it; use the
-    returned object, which is a ``torch.fx.GraphModule`` when the root module's own forward
-    contained a fused pattern. Anything that cannot be converted safely is left unchanged.
+    Modifies ``model`` in place and returns it. Parameters and buffers are the same objects
+    (optimizers keep working), state_dict keys are unchanged, and every module keeps its
+    class (a module whose own forward contained a pattern becomes an instance of a subclass
+    of its class with the rewritten forward; it deep-copies and pickles). In nn.Sequential
+    containers a BatchNorm followed by ReLU becomes BatchNormReLU followed by Identity.
+    Anything that cannot be converted safely is left unchanged.
 
     Args:
         model: any nn.Module.
@@ -146,5 +206,5 @@ def convert(model: nn.Module, *, backend=None, bn_relu=True) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
     if bn_relu:
-        model = _convert_bn_relu(model, _shared_modules(model), backend)
+        _convert_bn_relu(model, _shared_modules(model), backend)
     return model

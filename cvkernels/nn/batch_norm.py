@@ -58,7 +58,23 @@ class BatchNormReLU(_BatchNorm):
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             new.register_buffer(name, getattr(bn, name))
         new.train(bn.training)
+        new._source_class = type(bn)
         return new
+
+    def to_batch_norm(self):
+        """The plain BatchNorm module this one was made from, sharing parameters and buffers."""
+        cls = getattr(self, "_source_class", None) or nn.BatchNorm2d
+        bn = cls.__new__(cls)
+        nn.Module.__init__(bn)
+        bn.num_features, bn.eps, bn.momentum = self.num_features, self.eps, self.momentum
+        bn.affine, bn.track_running_stats = self.affine, self.track_running_stats
+        bn.weight, bn.bias = self.weight, self.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            bn.register_buffer(name, getattr(self, name))
+        if isinstance(bn, nn.SyncBatchNorm):
+            bn.process_group = getattr(self, "process_group", None)
+        bn.train(self.training)
+        return bn
 
 
 class BatchNormReLU1d(BatchNormReLU):

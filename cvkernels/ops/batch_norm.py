@@ -156,6 +156,16 @@ def _supported(input, weight, bias):
 
 
 def _torch_path(input, running_mean, running_var, weight, bias, training, momentum, eps, residual):
+    dtypes = {t.dtype for t in (running_mean, running_var, weight, bias) if t is not None}
+    if input.device.type == "cpu" and dtypes - {input.dtype}:
+        # torch's CPU batch_norm wants one dtype; compute in the widest and cast back
+        wide = torch.promote_types(input.dtype, max(dtypes, key=lambda d: torch.finfo(d).bits))
+        out = F.batch_norm(input.to(wide), running_mean, running_var,
+                           None if weight is None else weight.to(wide), None if bias is None else bias.to(wide),
+                           training, momentum, eps).to(input.dtype)
+        if residual is not None:
+            out = out + residual
+        return torch.relu(out)
     out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if residual is not None:
         out = out + residual

@@ -1,0 +1,160 @@
+"""`python -m cvkernels check`: every kernel against its float64 reference on the current device.
+
+Each family registers a generator of cases; a case runs one backend on one input
+configuration and yields (quantity, max error, allowed error). The allowed error is the
+tolerance table's rule of cvkernels.testing: 2x the error of the plain torch op in the same
+precision (plus a floor) for low precision, TOL for float32.
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+from . import _dispatch, _extension
+from .testing import TOL, bound_2x, max_err
+
+
+def _backends_here(family, device):
+    impls = _dispatch.FAMILIES[family]
+    names = []
+    for name in (impls["gpu"] if device == "cuda" else impls["cpu"]):
+        if _dispatch._usable(name, device, family):
+            names.append(name)
+    return names
+
+
+def _allowed(reference, torch_result, dtype):
+    if dtype in (torch.float32, torch.float64):
+        tol = TOL[dtype]
+        return tol["atol"] + tol["rtol"] * reference.detach().abs().max().item() if reference.numel() else 0.0
+    return bound_2x(reference, torch_result, dtype)
+
+
+# ----------------------------------------------------------------------------- batch_norm_relu
+
+def _batch_norm_relu_cases(device):
+    import torch.nn.functional as F
+
+    from reference.ops import batch_norm as ref
+
+    from .ops.batch_norm import batch_norm_relu
+
+    shapes = {"NCHW": ((4, 6, 9, 7), None), "channels_last": ((4, 6, 9, 7), torch.channels_last),
+              "(N,C)": ((33, 6), None)}
+    for backend in _backends_here("batch_norm_relu", device):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for layout, (shape, fmt) in shapes.items():
+                for residual in (False, True):
+                    for training in (True, False):
+                        kernel = "bn_add_relu" if residual else "bn_relu"
+                        label = f"{layout} {'train' if training else 'eval'} {tuple(shape)}"
+
+                        def run(shape=shape, fmt=fmt, residual=residual, training=training, dtype=dtype,
+                                backend=backend):
+                            gen = torch.Generator().manual_seed(0)
+                            C = shape[1]
+                            x64 = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5
+                            r64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+                            w64 = torch.rand(C, generator=gen, dtype=torch.float64) + 0.5
+                            b64 = torch.randn(C, generator=gen, dtype=torch.float64)
+                            g64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+                            rm64 = torch.randn(C, generator=gen, dtype=torch.float64)
+                            rv64 = torch.rand(C, generator=gen, dtype=torch.float64) + 0.5
+                            outs = {}
+                            for who in ("kernel", "torch", "ref"):
+                                dt = torch.float64 if who == "ref" else dtype
+                                dev = "cpu" if who == "ref" else device
+                                x = x64.to(dev, dt)
+                                if fmt is not None:
+                                    x = x.contiguous(memory_format=fmt)
+                                x.requires_grad_()
+                                w = w64.to(dev, dt).requires_grad_()
+                                b = b64.to(dev, dt).requires_grad_()
+                                r = r64.to(dev, dt) if residual else None
+                                rm = rm64.to(dev, torch.float64 if who == "ref" else torch.float32)
+                                rv = rv64.to(dev, rm.dtype)
+                                if who == "kernel":
+                                    y = batch_norm_relu(x, rm, rv, w, b, training, 0.1, 1e-5, residual=r,
+                                                        backend=backend)
+                                elif who == "ref":
+                                    y = ref.batch_norm_relu(x, rm, rv, w, b, training, 0.1, 1e-5, residual=r)
+                                else:
+                                    y = torch.relu(F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5)
+                                                   + (r if r is not None else 0))
+                                grads = torch.autograd.grad(y, (x, w, b), g64.to(dev, y.dtype))
+                                outs[who] = (y,) + grads + (rm, rv)
+                            names = ("output", "grad_input", "grad_weight", "grad_bias", "running_mean",
+                                     "running_var")
+                            for i, name in enumerate(names):
+                                if name.startswith("running") and not training:
+                                    continue
+                                k, t, o = (outs[w][i].cpu() for w in ("kernel", "torch", "ref"))
+                                yield name, max_err(k, o), _allowed(o, t, k.dtype)
+
+                        yield kernel, backend, label, dtype, run
+
+
+CHECKS = {
+    "batch_norm_relu": _batch_norm_relu_cases,
+}
+
+
+def run_checks(families=None, device=None, verbose=True):
+    """Runs the checks; returns rows (family, kernel, backend, case, dtype, quantity, err, allowed, ok)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for family in families or CHECKS:
+        if family not in CHECKS:
+            raise SystemExit(f"unknown family {family!r}; known: {', '.join(CHECKS)}")
+        cases = list(CHECKS[family](device))
+        for i, (kernel, backend, label, dtype, run) in enumerate(cases):
+            if verbose:
+                print(f"\r[{family} {i + 1}/{len(cases)}] {kernel} {backend} {label} {dtype}".ljust(90),
+                      end="", file=sys.stderr, flush=True)
+            try:
+                for quantity, err, allowed in run():
+                    rows.append((family, kernel, backend, label, dtype, quantity, err, allowed, err <= allowed))
+            except Exception as exc:  # a crash is a failure with its message, not an abort
+                rows.append((family, kernel, backend, label, dtype, f"raised {type(exc).__name__}: {exc}",
+                             float("nan"), 0.0, False))
+        if verbose:
+            print(file=sys.stderr)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cvkernels check")
+    parser.add_argument("families", nargs="*", help=f"families to check (default: all of {', '.join(CHECKS)})")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--all-rows", action="store_true", help="print every quantity, not one row per case")
+    args = parser.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"cvkernels check on {device} (torch {torch.__version__}, compiled ops: {_extension.has_ops()}, "
+          f"triton interpreter: {_dispatch.triton_interpreting()})")
+    start = time.time()
+    rows = run_checks(args.families or None, device)
+    # one line per case: its worst quantity relative to what it may have
+    cases = {}
+    for row in rows:
+        key = row[:5]
+        worst = cases.get(key)
+        ratio = row[6] / row[7] if row[7] > 0 else (0.0 if row[6] == 0 else float("inf"))
+        if not row[8]:
+            ratio = float("inf")
+        if worst is None or ratio > worst[0] or args.all_rows:
+            cases[key if not args.all_rows else row] = (ratio, row)
+    header = f"{'kernel':<12} {'backend':<7} {'dtype':<9} {'case':<34} {'worst quantity':<15} {'max err':>9} {'allowed':>9}  result"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for _, row in cases.values():
+        family, kernel, backend, label, dtype, quantity, err, allowed, ok = row
+        failures += not ok
+        print(f"{kernel:<12} {backend:<7} {str(dtype).replace('torch.', ''):<9} {label:<34} {quantity[:60]:<15} "
+              f"{err:>9.2e} {allowed:>9.2e}  {'PASS' if ok else 'FAIL'}")
+    print(f"\n{len(cases) - failures} passed, {failures} failed ({len(rows)} quantities, {time.time() - start:.0f} s)")
+    if not rows:
+        print("no kernel could run on this device")
+        return 1
+    return 1 if failures else 0
