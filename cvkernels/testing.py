@@ -25,7 +25,9 @@ def max_err(actual, expected):
     return (actual.detach().double() - expected.detach().double()).abs().max().item()
 
 
-def bound_2x(reference, torch_result, dtype):
-    """The largest error the 2x rule allows a kernel of `dtype` against the float64 `reference`."""
+def bound_2x(reference, torch_result, dtype, floor=None):
+    """The largest error the 2x rule allows a kernel of `dtype` against the float64 `reference`.
+
+    floor: relative floor (default FLOOR[dtype]), scaled by max(1, |reference|)."""
     scale = max(1.0, reference.detach().abs().max().item()) if reference.numel() else 1.0
-    return FACTOR * max_err(torch_result, reference) + FLOOR[dtype] * scale
+    return FACTOR * max_err(torch_result, reference) + (FLOOR[dtype] if floor is None else floor) * scale

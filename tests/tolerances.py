@@ -22,8 +22,9 @@ def assert_close(actual, expected, dtype=None, **override):
     torch.testing.assert_close(actual.detach().double(), expected.detach().double(), **kw)
 
 
-def assert_close_2x(actual, reference, torch_result, name="output"):
-    """err(actual vs float64 reference) <= FACTOR * err(torch_result vs reference) + floor."""
-    err, bound = max_err(actual, reference), bound_2x(reference, torch_result, actual.dtype)
+def assert_close_2x(actual, reference, torch_result, name="output", floor=None):
+    """err(actual vs float64 reference) <= FACTOR * err(torch_result vs reference) + floor
+    (floor relative to max(1, |reference|); default FLOOR[dtype])."""
+    err, bound = max_err(actual, reference), bound_2x(reference, torch_result, actual.dtype, floor)
     assert err <= bound, (f"{name}: max error {err:.3e} vs the float64 oracle exceeds {FACTOR}x torch's "
                           f"own error {max_err(torch_result, reference):.3e} + floor (bound {bound:.3e})")

@@ -7,7 +7,7 @@ a tile index t covers (n, s-block) = divmod(t, SB), so no per-element division i
 
 Passes over memory (x, y, g of the input's size; everything else is O(C)):
   training forward   stats (read x) -> finalize (O(C)) -> apply (read x [+res], write y)
-  eval forward       apply (read x [+res], write y), scale/shift folded per channel tile
+  eval forward       apply (read x [+res], write y), per-channel scale computed in the tile
   backward           reduce (read g, y, x) -> dx (read g, y, x, write dx [+ grad_res])
 Statistics are accumulated in fp32 (fp64 for fp64 input). The batch variance is merged
 from per-tile (count, mean, M2) triples with Chan's parallel formula, so it stays exact
@@ -102,24 +102,27 @@ def _bn_stats_finalize_kernel(
 
 
 @triton.jit
-def _channel_scale_shift(mean_ptr, stat_ptr, w_ptr, b_ptr, offs_c, mask_c, eps,
-                         STAT_IS_VAR: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         ACC: tl.constexpr):
-    """Per-channel y = x * scale + shift, and invstd, for a block of channels."""
+def _channel_affine(mean_ptr, stat_ptr, w_ptr, b_ptr, offs_c, mask_c, eps,
+                    STAT_IS_VAR: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    ACC: tl.constexpr):
+    """Per-channel (mean, scale, shift) with y = (x - mean) * scale + shift.
+
+    The mean is subtracted before scaling, never folded into the shift: with a tiny batch
+    variance, scale is ~1/sqrt(eps) and x * scale - mean * scale would cancel catastrophically.
+    """
     mean = tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
     stat = tl.load(stat_ptr + offs_c, mask=mask_c, other=1.0).to(ACC)
     if STAT_IS_VAR:
-        invstd = 1.0 / tl.sqrt(stat + eps)
+        scale = 1.0 / tl.sqrt(stat + eps)
     else:
-        invstd = stat
+        scale = stat
     if HAS_WEIGHT:
-        scale = invstd * tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-    else:
-        scale = invstd
-    shift = -mean * scale
+        scale *= tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
     if HAS_BIAS:
-        shift += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-    return scale, shift, mean, invstd
+        shift = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+    else:
+        shift = tl.zeros_like(mean)
+    return mean, scale, shift
 
 
 @triton.jit
@@ -133,11 +136,11 @@ def _bn_relu_apply_kernel(
     t = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    scale, shift, _, _ = _channel_scale_shift(mean_ptr, stat_ptr, w_ptr, b_ptr, offs_c, mask_c, eps,
-                                              STAT_IS_VAR, HAS_WEIGHT, HAS_BIAS, ACC)
+    mean, scale, shift = _channel_affine(mean_ptr, stat_ptr, w_ptr, b_ptr, offs_c, mask_c, eps,
+                                         STAT_IS_VAR, HAS_WEIGHT, HAS_BIAS, ACC)
     x_ptrs, mask, _ = _tile_ptrs(x_ptr, t, SB, S, sxN, sxC, sxS, offs_c, mask_c, BLOCK_S)
     x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
-    y = x * scale[None, :] + shift[None, :]
+    y = (x - mean[None, :]) * scale[None, :] + shift[None, :]
     if HAS_RES:
         r_ptrs, _, _ = _tile_ptrs(res_ptr, t, SB, S, srN, srC, srS, offs_c, mask_c, BLOCK_S)
         y += tl.load(r_ptrs, mask=mask, other=0.0).to(ACC)
