@@ -61,6 +61,8 @@ def _batch_norm_relu_cases(device):
                             g64 = torch.randn(shape, generator=gen, dtype=torch.float64)
                             rm64 = torch.randn(C, generator=gen, dtype=torch.float64)
                             rv64 = torch.rand(C, generator=gen, dtype=torch.float64) + 0.5
+                            # the oracle sees the same dtype-rounded inputs as the kernel
+                            x64, r64, w64, b64, g64 = (t.to(dtype).double() for t in (x64, r64, w64, b64, g64))
                             outs = {}
                             for who in ("kernel", "torch", "ref"):
                                 dt = torch.float64 if who == "ref" else dtype
@@ -72,7 +74,10 @@ def _batch_norm_relu_cases(device):
                                 w = w64.to(dev, dt).requires_grad_()
                                 b = b64.to(dev, dt).requires_grad_()
                                 r = r64.to(dev, dt) if residual else None
-                                rm = rm64.to(dev, torch.float64 if who == "ref" else torch.float32)
+                                stat_dt = {"ref": torch.float64, "kernel": torch.float32}.get(who, torch.float32)
+                                if who == "torch" and dev == "cpu":  # CPU torch wants stats in x's dtype
+                                    stat_dt = dtype
+                                rm = rm64.to(dev, stat_dt)
                                 rv = rv64.to(dev, rm.dtype)
                                 if who == "kernel":
                                     y = batch_norm_relu(x, rm, rv, w, b, training, 0.1, 1e-5, residual=r,
