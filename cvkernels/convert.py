@@ -51,12 +51,18 @@ def _is_add(node):
     return False
 
 
+def _fused_from(bn, backend):
+    """The BatchNormReLU module replacing `bn`, sharing its parameters and buffers."""
+    fused_cls = SyncBatchNormReLU if isinstance(bn, nn.SyncBatchNorm) else BatchNormReLU
+    return fused_cls.from_batch_norm(bn, backend=backend)
+
+
 def _fusable_bn(module):
     return type(module) in _BN_TYPES and not isinstance(module, BatchNormReLU)
 
 
 def _fuse_bn_relu_in(module, shared, backend):
-    """Fuses the patterns in module's own forward. Returns a GraphModule, or None if nothing changed."""
+    """Fuses the patterns in module's own forward, in place. Returns module, or None if nothing changed."""
     try:
         graph = _OwnForwardTracer().trace(module)
     except Exception as exc:  # data-dependent control flow, unsupported Python, ...
@@ -91,8 +97,7 @@ def _fuse_bn_relu_in(module, shared, backend):
                 residual, relu = other, add_users[0]
         if relu is None:
             continue
-        fused_cls = SyncBatchNormReLU if isinstance(bn, nn.SyncBatchNorm) else BatchNormReLU
-        setattr(module, node.target, fused_cls.from_batch_norm(bn, backend=backend))
+        setattr(module, node.target, _fused_from(bn, backend))
         fused_names.append(node.target)
         with graph.inserting_before(relu):
             args = (node.args[0],) if residual is None else (node.args[0], residual)
@@ -174,8 +179,7 @@ def _fuse_sequential(seq, shared, backend):
     for a, b in zip(names, names[1:]):
         bn, relu = seq._modules[a], seq._modules[b]
         if _fusable_bn(bn) and id(bn) not in shared and type(relu) is nn.ReLU and id(relu) not in shared:
-            fused_cls = SyncBatchNormReLU if isinstance(bn, nn.SyncBatchNorm) else BatchNormReLU
-            seq._modules[a] = fused_cls.from_batch_norm(bn, backend=backend)
+            seq._modules[a] = _fused_from(bn, backend)
             seq._modules[b] = nn.Identity()
 
 

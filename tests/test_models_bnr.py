@@ -13,8 +13,8 @@ from tolerances import assert_close_2x
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["triton"] + (["cpp"] if cvkernels.has_ops() else [])
-# deep small-config models: cap the depth so the interpreter keeps the suite fast on CPU
 MODEL_FLOOR = 2e-3  # relative to max(1, |value|): fp32 rounding compounded over 20-150 layers
+# deep small-config models: cap the depth so the interpreter keeps the suite fast on CPU
 OVERRIDES = {"preact_resnet110": dict(depth=20), "preact_resnet164": dict(depth=29)}
 
 
