@@ -7,6 +7,7 @@ Triton kernel when ``TRITON_INTERPRET=1``, else the pure-torch path. Cases a ker
 not support fall back to the torch path, never to a wrong answer. Set ``CVK_DEBUG=1`` (or
 the ``cvkernels`` logger to DEBUG) to log which path ran.
 """
+import json
 import logging
 import os
 
@@ -29,7 +30,29 @@ def _debug(msg, *args):
 # family -> backends it implements (besides "torch", which every family has)
 FAMILIES = {
     "batch_norm_relu": {"gpu": ("triton",), "cpu": ("cpp", "triton")},
+    "depthwise_conv2d": {"gpu": ("triton", "cuda"), "cpu": ("triton",)},
+    "conv2d": {"gpu": ("triton",), "cpu": ("triton",)},
+    "conv_transpose2d": {"gpu": ("triton",), "cpu": ("triton",)},
 }
+
+# the CUDA C++ op whose registration says a family's "cuda" backend was built
+_CUDA_OPS = {"depthwise_conv2d": "depthwise_conv2d_forward"}
+
+# Recorded measurements: {family: {shape class: backend}} for families with two GPU kernels,
+# written by `python -m cvkernels bench --record-dispatch` on a GPU (the faster backend per
+# shape class, by median fwd+bwd time). Shape classes without a record use FAMILIES' order.
+_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dispatch_table.json")
+
+
+def _load_table():
+    try:
+        with open(_TABLE_PATH) as f:
+            return json.load(f).get("choices", {})
+    except (OSError, ValueError):
+        return {}
+
+
+RECORDED = _load_table()
 
 
 def triton_interpreting() -> bool:
@@ -52,14 +75,15 @@ def _usable(backend, device_type, family):
     if backend == "cpp":
         return device_type == "cpu" and _extension.has_ops()
     if backend == "cuda":
-        return device_type == "cuda" and _extension.has_cuda_ops()
+        return device_type == "cuda" and family in _CUDA_OPS and _extension.has_cuda_ops(_CUDA_OPS[family])
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
-def choose(family, device_type, backend=None, supported=True):
+def choose(family, device_type, backend=None, supported=True, shape_class=None):
     """Returns the backend name that will run ``family`` for tensors on ``device_type``.
 
     ``supported=False`` means the inputs use an option no kernel handles: the torch path runs.
+    ``shape_class``: on CUDA, the backend recorded as fastest for it (RECORDED) goes first.
     An explicit backend that cannot run here raises instead of silently running another one.
     """
     impls = FAMILIES[family]
@@ -86,6 +110,9 @@ def choose(family, device_type, backend=None, supported=True):
     if not supported:
         return "torch"
     order = impls["gpu"] if device_type == "cuda" else impls["cpu"]
+    recorded = RECORDED.get(family, {}).get(shape_class) if device_type == "cuda" else None
+    if recorded in order:
+        order = (recorded,) + tuple(b for b in order if b != recorded)
     for name in order:
         if _usable(name, device_type, family):
             _debug("%s on %s: %s", family, device_type, name)

@@ -39,9 +39,33 @@ def has_ops() -> bool:
     return _loaded
 
 
-def has_cuda_ops() -> bool:
-    """True when the compiled library was built with its CUDA kernels."""
-    return _loaded and torch._C._dispatch_has_kernel_for_dispatch_key("cvkernels::bn_relu_forward", "CUDA")
+def has_op(name) -> bool:
+    """True when the loaded library defines the schema cvkernels::<name>."""
+    if not _loaded:
+        return False
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"cvkernels::{name}", "")
+    except RuntimeError:
+        return False
+    return True
+
+
+# one CUDA C++ op per family that has CUDA kernels
+CUDA_OPS = ("depthwise_conv2d_forward",)
+
+
+def has_cuda_ops(op=None) -> bool:
+    """True when the compiled library was built with its CUDA kernels (``op``: a given one,
+    e.g. "depthwise_conv2d_forward")."""
+    if not _loaded:
+        return False
+    for name in ([op] if op else CUDA_OPS):
+        try:
+            if torch._C._dispatch_has_kernel_for_dispatch_key(f"cvkernels::{name}", "CUDA"):
+                return True
+        except RuntimeError:  # schema not defined by this build
+            continue
+    return False
 
 
 def load_error():

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .nn.batch_norm import BatchNormReLU, SyncBatchNormReLU
+from .nn.conv import Conv2d, ConvTranspose2d
 
 log = logging.getLogger("cvkernels")
 
@@ -192,7 +193,47 @@ def _convert_bn_relu(module, shared, backend):
         _fuse_bn_relu_in(module, shared, backend)
 
 
-def convert(model: nn.Module, *, backend=None, bn_relu=True) -> nn.Module:
+_ACTIVATION_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu"}
+
+
+def _conv_wins(conv):
+    """Whether a cvkernels kernel serves this nn.Conv2d (depthwise, grouped or dilated, zeros
+    or other padding modes); dense convs stay on cuDNN."""
+    return conv.groups > 1 or tuple(conv.dilation) != (1, 1)
+
+
+def _swap_conv(module, backend):
+    """Turns an nn.Conv2d / nn.ConvTranspose2d that cvkernels serves into the cvkernels
+    subclass in place (same object, parameters and hooks). Returns whether it did."""
+    if type(module) is nn.Conv2d and _conv_wins(module):
+        module.__class__ = Conv2d
+    elif type(module) is nn.ConvTranspose2d and module.padding_mode == "zeros":
+        module.__class__ = ConvTranspose2d
+    else:
+        return False
+    module.activation, module.backend = None, backend
+    return True
+
+
+def _fuse_conv_activation(seq, shared):
+    names = list(seq._modules)
+    for a, b in zip(names, names[1:]):
+        conv, act = seq._modules[a], seq._modules[b]
+        if (isinstance(conv, (Conv2d, ConvTranspose2d)) and conv.activation is None and id(conv) not in shared
+                and type(act) in _ACTIVATION_MODULES and id(act) not in shared):
+            conv.activation = _ACTIVATION_MODULES[type(act)]
+            seq._modules[b] = nn.Identity()
+
+
+def _convert_convs(model, shared, backend):
+    for module in model.modules():
+        _swap_conv(module, backend)
+    for module in model.modules():
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+            _fuse_conv_activation(module, shared)
+
+
+def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True) -> nn.Module:
     """Routes the supported operators of ``model`` to cvkernels kernels; returns the model.
 
     Modifies ``model`` in place and returns it. Parameters and buffers are the same objects
@@ -206,9 +247,13 @@ def convert(model: nn.Module, *, backend=None, bn_relu=True) -> nn.Module:
         model: any nn.Module.
         backend: force a backend for the swapped-in modules (None = automatic dispatch).
         bn_relu: fuse BatchNorm→ReLU and BatchNorm→add→ReLU.
+        conv: route depthwise / grouped / dilated Conv2d and ConvTranspose2d to cvkernels.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
+    shared = _shared_modules(model)
+    if conv:
+        _convert_convs(model, shared, backend)
     if bn_relu:
-        _convert_bn_relu(model, _shared_modules(model), backend)
+        _convert_bn_relu(model, shared, backend)
     return model

@@ -1,0 +1,477 @@
+"""Triton kernels for 2-D convolution and their launchers.
+
+One convolution y = conv(x, w), x: (N, C_in, H, W), w: (C_out, C_in/G, KH, KW), G groups,
+y: (N, C_out, OH, OW), has three directions, each a kernel here:
+
+  conv        y[n, co, oh, ow] = sum_{ci, kh, kw} x[n, ci, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]
+                                                  * w[co, ci, kh, kw]     (ci in co's group)
+  transposed  dx[n, ci, ih, iw] = sum_{co, kh, kw} dy[n, co, oh, ow] * w[co, ci, kh, kw]
+              over the (oh, ow) with oh*sh = ih + ph - kh*dh (exactly) -- conv2d's grad-input,
+              which is also conv_transpose2d's forward (gathered, no zero-insertion buffer)
+  weight      dw[co, ci, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, ih, iw]
+
+conv_transpose2d(x, w) is the transposed direction applied to x; its grad-input is the conv
+direction applied to dy and its grad-weight the weight direction with x and dy swapped.
+
+Two kernel shapes serve them:
+  depthwise (C_in/G == 1): direct kernels over a [pixels, channels] tile, one multiply-add per
+      tap, no GEMM. Channel multiplier M = C_out / C_in: output channel co reads input co // M.
+  everything else: implicit GEMM with tl.dot. The reduction runs tap by tap (kh, kw outer) and
+      over input channels in BLOCK_K chunks inside, so no per-element (ci, kh, kw) decoding;
+      with channels_last the K chunk is contiguous.
+The weight direction is a reduction over N*OH*OW, split across programs into a float32 partial
+buffer that a final sum folds (deterministic, nothing serializes over the pixels).
+
+Every tensor is addressed through its four strides, so NCHW, channels_last and other strided
+inputs run without copies; outputs take the input's suggested memory format. Pixel offsets are
+64-bit. Padding is the top/left amount; the bottom/right side follows from the output size
+(asymmetric 'same' padding costs nothing). Accumulation is float32 (float64 for float64).
+Epilogue: + bias, then activation ACT (0 none, 1 ReLU, 2 ReLU6, 3 SiLU).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, next_pow2, splits_for
+
+ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2, "silu": 3}
+
+
+# ----------------------------------------------------------------------------- shared device code
+
+@triton.jit
+def _pixel_coords(offs, OH, OW):
+    """Flat pixel index -> (n, h, w) of an (N, OH, OW) grid."""
+    w = offs % OW
+    t = offs // OW
+    return t // OH, t % OH, w
+
+
+@triton.jit
+def _gather_coord(o, pad, k, dil, stride, I):
+    """Input coordinate read by output coordinate o at tap k (conv direction), and its validity."""
+    i = o * stride - pad + k * dil
+    return i, (i >= 0) & (i < I)
+
+
+@triton.jit
+def _scatter_coord(i, pad, k, dil, stride, O):
+    """Output coordinate that input coordinate i feeds through tap k (transposed direction):
+    o with o*stride == i + pad - k*dil, and whether it exists. No division of negatives."""
+    t = i + pad - k * dil
+    t_pos = tl.maximum(t, 0)
+    o = t_pos // stride
+    return o, (t >= 0) & (o * stride == t) & (o < O)
+
+
+@triton.jit
+def _epilogue(acc, b_ptr, offs_c, mask_c, HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(acc.dtype)[None, :]
+    if ACT == 1:
+        acc = tl.maximum(acc, 0.0)
+    elif ACT == 2:
+        acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+    elif ACT == 3:
+        acc = acc / (1.0 + tl.exp(-acc))
+    return acc
+
+
+# ----------------------------------------------------------------------------- depthwise (direct)
+
+@triton.jit
+def _dw_conv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    P, C_out, H, W, OH, OW, M,
+    sxn, sxc, sxh, sxw, swc, swh, sww, syn, syc, syh, syw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_p = offs_p < P
+    mask_c = offs_c < C_out
+    n, oh, ow = _pixel_coords(offs_p, OH, OW)
+    ci = (offs_c // M).to(tl.int64)
+    x_base = x_ptr + n[:, None] * sxn + ci[None, :] * sxc
+    w_base = w_ptr + offs_c.to(tl.int64) * swc
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    for kh in range(KH):
+        ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
+        ok_h = ok_h & mask_p
+        for kw in range(KW):
+            iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
+            ok = ok_h & ok_w
+            xv = tl.load(x_base + (ih * sxh + iw * sxw)[:, None], mask=ok[:, None] & mask_c[None, :], other=0.0)
+            wv = tl.load(w_base + kh * swh + kw * sww, mask=mask_c, other=0.0)
+            acc += xv.to(ACC) * wv.to(ACC)[None, :]
+    acc = _epilogue(acc, b_ptr, offs_c, mask_c, HAS_BIAS, ACT)
+    y_ptrs = y_ptr + (n * syn + oh * syh + ow * syw)[:, None] + offs_c.to(tl.int64)[None, :] * syc
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _dw_conv_transposed_kernel(
+    dy_ptr, w_ptr, b_ptr, dx_ptr,
+    P, C_in, H, W, OH, OW, M,
+    sdn, sdc, sdh, sdw, swc, swh, sww, sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # (H, W) is the size of dx (this kernel's output), (OH, OW) that of dy.
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_p = offs_p < P
+    mask_c = offs_c < C_in
+    n, ih, iw = _pixel_coords(offs_p, H, W)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    for m in range(M):
+        co = offs_c.to(tl.int64) * M + m
+        dy_base = dy_ptr + n[:, None] * sdn + co[None, :] * sdc
+        for kh in range(KH):
+            oh, ok_h = _scatter_coord(ih, pad_h, kh, dil_h, stride_h, OH)
+            ok_h = ok_h & mask_p
+            for kw in range(KW):
+                ow, ok_w = _scatter_coord(iw, pad_w, kw, dil_w, stride_w, OW)
+                ok = ok_h & ok_w
+                g = tl.load(dy_base + (oh * sdh + ow * sdw)[:, None], mask=ok[:, None] & mask_c[None, :], other=0.0)
+                wv = tl.load(w_ptr + co * swc + kh * swh + kw * sww, mask=mask_c, other=0.0)
+                acc += g.to(ACC) * wv.to(ACC)[None, :]
+    acc = _epilogue(acc, b_ptr, offs_c, mask_c, HAS_BIAS, ACT)
+    dx_ptrs = dx_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c.to(tl.int64)[None, :] * sxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _dw_weight_grad_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    P, C_out, H, W, OH, OW, M,
+    sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_tiles, tiles_per_split,
+    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # program (tap, channel block, split): partial[split, tap, co] = sum over its pixel tiles
+    tap = tl.program_id(0)
+    kh = tap // KW
+    kw = tap % KW
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    mask_c = offs_c < C_out
+    co = offs_c.to(tl.int64)
+    ci = co // M
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    t_begin = split.to(tl.int64) * tiles_per_split  # 64-bit loop index: t * BLOCK_P can pass 2**31
+    t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
+    for t in range(t_begin, t_end):
+        offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
+        n, oh, ow = _pixel_coords(offs_p, OH, OW)
+        ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
+        iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
+        mask_p = offs_p < P
+        g = tl.load(dy_ptr + (n * sdn + oh * sdh + ow * sdw)[:, None] + co[None, :] * sdc,
+                    mask=mask_p[:, None] & mask_c[None, :], other=0.0)
+        ok = (mask_p & ok_h & ok_w)[:, None] & mask_c[None, :]
+        xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc, mask=ok, other=0.0)
+        acc += g.to(ACC) * xv.to(ACC)
+    num_taps = tl.num_programs(0)
+    tl.store(part_ptr + (split * num_taps + tap) * C_out + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+
+
+# ----------------------------------------------------------------------------- implicit GEMM
+
+@triton.jit
+def _conv_gemm_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    P, C_in_g, C_out_g, H, W, OH, OW,
+    sxn, sxc, sxh, sxw, swo, swi, swh, sww, syn, syc, syh, syw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # y[pixels, co] = sum over taps and ci chunks of x[pixels @ tap, ci] @ w[ci, co @ tap]
+    g = tl.program_id(2)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < P
+    mask_n = offs_n < C_out_g
+    co = g.to(tl.int64) * C_out_g + offs_n
+    n, oh, ow = _pixel_coords(offs_m, OH, OW)
+    x_base = x_ptr + n * sxn + g.to(tl.int64) * C_in_g * sxc
+    w_base = w_ptr + co[None, :] * swo
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+    for kh in range(KH):
+        ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
+        ok_h = ok_h & mask_m
+        for kw in range(KW):
+            iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
+            ok = ok_h & ok_w
+            a_base = x_base + ih * sxh + iw * sxw
+            b_base = w_base + kh * swh + kw * sww
+            for c0 in range(0, C_in_g, BLOCK_K):
+                ci = c0 + offs_k
+                mask_k = ci < C_in_g
+                a = tl.load(a_base[:, None] + ci[None, :].to(tl.int64) * sxc,
+                            mask=ok[:, None] & mask_k[None, :], other=0.0)
+                b = tl.load(b_base + ci[:, None] * swi, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+    acc = _epilogue(acc, b_ptr, co, mask_n, HAS_BIAS, ACT)
+    y_ptrs = y_ptr + (n * syn + oh * syh + ow * syw)[:, None] + co[None, :] * syc
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _conv_transposed_gemm_kernel(
+    dy_ptr, w_ptr, b_ptr, dx_ptr,
+    P, C_in_g, C_out_g, H, W, OH, OW,
+    sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # dx[pixels, ci] = sum over taps and co chunks of dy[pixels @ tap, co] @ w[co, ci @ tap];
+    # (H, W) is dx's size, (OH, OW) dy's.
+    g = tl.program_id(2)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < P
+    mask_n = offs_n < C_in_g
+    ci = g.to(tl.int64) * C_in_g + offs_n
+    n, ih, iw = _pixel_coords(offs_m, H, W)
+    dy_base = dy_ptr + n * sdn + g.to(tl.int64) * C_out_g * sdc
+    w_base = w_ptr + offs_n[None, :].to(tl.int64) * swi + g.to(tl.int64) * C_out_g * swo
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+    for kh in range(KH):
+        oh, ok_h = _scatter_coord(ih, pad_h, kh, dil_h, stride_h, OH)
+        ok_h = ok_h & mask_m
+        for kw in range(KW):
+            ow, ok_w = _scatter_coord(iw, pad_w, kw, dil_w, stride_w, OW)
+            ok = ok_h & ok_w
+            a_base = dy_base + oh * sdh + ow * sdw
+            b_base = w_base + kh * swh + kw * sww
+            for c0 in range(0, C_out_g, BLOCK_K):
+                co = c0 + offs_k
+                mask_k = co < C_out_g
+                a = tl.load(a_base[:, None] + co[None, :].to(tl.int64) * sdc,
+                            mask=ok[:, None] & mask_k[None, :], other=0.0)
+                b = tl.load(b_base + co[:, None].to(tl.int64) * swo, mask=mask_k[:, None] & mask_n[None, :],
+                            other=0.0)
+                acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+    acc = _epilogue(acc, b_ptr, ci, mask_n, HAS_BIAS, ACT)
+    dx_ptrs = dx_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _conv_weight_grad_gemm_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    P, C_in_g, C_out_g, H, W, OH, OW,
+    sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_tiles, tiles_per_split, num_splits,
+    ACC: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # program (tap, (co block, ci block), (group, split)):
+    #   partial[g, split, co, ci, tap] = sum over its pixel tiles of dy[co, pixels] @ x[pixels @ tap, ci]
+    tap = tl.program_id(0)
+    num_taps = tl.num_programs(0)
+    kh = tap // KW
+    kw = tap % KW
+    blocks_n = tl.cdiv(C_in_g, BLOCK_N)
+    pid_m = tl.program_id(1) // blocks_n
+    pid_n = tl.program_id(1) % blocks_n
+    g = tl.program_id(2) // num_splits
+    split = tl.program_id(2) % num_splits
+    offs_co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_co = offs_co < C_out_g
+    mask_ci = offs_ci < C_in_g
+    co = g.to(tl.int64) * C_out_g + offs_co
+    ci = g.to(tl.int64) * C_in_g + offs_ci
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+    t_begin = split.to(tl.int64) * tiles_per_split
+    t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
+    for t in range(t_begin, t_end):
+        offs_p = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_p = offs_p < P
+        n, oh, ow = _pixel_coords(offs_p, OH, OW)
+        ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
+        iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
+        ok = mask_p & ok_h & ok_w
+        a = tl.load(dy_ptr + co[:, None] * sdc + (n * sdn + oh * sdh + ow * sdw)[None, :],
+                    mask=mask_co[:, None] & mask_p[None, :], other=0.0)
+        b = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc,
+                    mask=ok[:, None] & mask_ci[None, :], other=0.0)
+        acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+    out = ((tl.program_id(2).to(tl.int64) * C_out_g + offs_co[:, None]) * C_in_g + offs_ci[None, :]) * num_taps + tap
+    tl.store(part_ptr + out, acc, mask=mask_co[:, None] & mask_ci[None, :])
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _strides4(t):
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def memory_format_of(t):
+    """channels_last when t's channels are its innermost dimension (as torch's
+    suggest_memory_format decides for convolutions), else contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.shape[1] > 1 and t.stride(1) <= min(t.stride(2), t.stride(3)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_conv_output(shape, like):
+    """The output of a kernel whose main input is `like`, in `like`'s memory format
+    (channels_last stays channels_last). Shared with the fake implementations."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
+
+
+def _precision(t):
+    if t.dtype != torch.float32:
+        return "ieee"
+    if t.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"  # what cuDNN does for fp32 convolutions under torch's defaults
+    return "ieee"
+
+
+def is_depthwise(weight, groups):
+    """weight (C_out, C_in/G, KH, KW) with one input channel per group: the direct kernels apply."""
+    return weight.shape[1] == 1 and groups > 1
+
+
+def _dw_blocks(device, P, C, channels_last):
+    if device.type != "cuda":  # interpreter: one tile per few programs
+        return max(16, min(next_pow2(P), 256)), max(1, min(next_pow2(C), 64))
+    if channels_last:
+        block_c = min(next_pow2(C), 64)
+        return max(16, 2048 // block_c), block_c
+    return 128, max(1, min(next_pow2(C), 8))
+
+
+def _gemm_blocks(device, P, K, N):
+    bn = max(16, min(next_pow2(N), 128))
+    bk = max(16, min(next_pow2(K), 64 if device.type == "cuda" else 128))
+    bm = 128 if device.type == "cuda" else max(16, min(next_pow2(P), 256))
+    if device.type == "cuda" and bn == 128 and bk == 64:
+        bm = 64
+    return bm, bn, bk
+
+
+def conv2d(x, w, bias, stride, padding, dilation, groups, output_size, activation):
+    """y = act(conv(x, w) + bias); x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW),
+    output_size (OH, OW), padding the (top, left) amounts."""
+    N, C_in, H, W = x.shape
+    C_out, C_in_g, KH, KW = w.shape
+    OH, OW = output_size
+    y = empty_conv_output((N, C_out, OH, OW), x)
+    P = N * OH * OW
+    if y.numel() == 0:
+        return y
+    common = (*stride, *padding, *dilation, KH, KW)
+    b = bias if bias is not None else w
+    if is_depthwise(w, groups):
+        bp, bc = _dw_blocks(x.device, P, C_out, y.stride(1) == 1)
+        grid = (triton.cdiv(P, bp), triton.cdiv(C_out, bc))
+        _dw_conv_kernel[grid](
+            x, w, b, y, P, C_out, H, W, OH, OW, C_out // C_in,
+            *_strides4(x), w.stride(0), w.stride(2), w.stride(3), *_strides4(y), *common,
+            HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
+        return y
+    C_out_g = C_out // groups
+    bm, bn, bk = _gemm_blocks(x.device, P, C_in_g, C_out_g)
+    grid = (triton.cdiv(P, bm), triton.cdiv(C_out_g, bn), groups)
+    _conv_gemm_kernel[grid](
+        x, w, b, y, P, C_in_g, C_out_g, H, W, OH, OW,
+        *_strides4(x), *_strides4(w), *_strides4(y), *common,
+        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(x.dtype), PRECISION=_precision(x),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    return y
+
+
+def conv2d_transposed(dy, w, bias, input_size, stride, padding, dilation, groups, activation):
+    """dx = act(conv2d's grad-input(dy, w) + bias) of size input_size (N, C_in, H, W): the
+    gradient of conv2d w.r.t. its input, and conv_transpose2d's forward (bias over C_in)."""
+    N, C_in, H, W = input_size
+    C_out, C_in_g, KH, KW = w.shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    dx = empty_conv_output((N, C_in, H, W), dy)
+    P = N * H * W
+    if dx.numel() == 0:
+        return dx
+    if dy.numel() == 0 or C_out == 0:  # nothing flows back: only the bias (and activation) remain
+        dx.zero_()
+        if bias is not None:
+            dx += bias.to(dx.dtype)[None, :, None, None]
+        return _torch_activation(dx, activation)
+    common = (*stride, *padding, *dilation, KH, KW)
+    b = bias if bias is not None else w
+    if is_depthwise(w, groups):
+        bp, bc = _dw_blocks(dy.device, P, C_in, dx.stride(1) == 1)
+        grid = (triton.cdiv(P, bp), triton.cdiv(C_in, bc))
+        _dw_conv_transposed_kernel[grid](
+            dy, w, b, dx, P, C_in, H, W, OH, OW, C_out // C_in,
+            *_strides4(dy), w.stride(0), w.stride(2), w.stride(3), *_strides4(dx), *common,
+            HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), BLOCK_P=bp, BLOCK_C=bc)
+        return dx
+    C_out_g = C_out // groups
+    bm, bn, bk = _gemm_blocks(dy.device, P, C_out_g, C_in_g)
+    grid = (triton.cdiv(P, bm), triton.cdiv(C_in_g, bn), groups)
+    _conv_transposed_gemm_kernel[grid](
+        dy, w, b, dx, P, C_in_g, C_out_g, H, W, OH, OW,
+        *_strides4(dy), *_strides4(w), *_strides4(dx), *common,
+        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), PRECISION=_precision(dy),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    return dx
+
+
+def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
+    """dw (weight_size = (C_out, C_in/groups, KH, KW), in x's dtype) = sum over pixels of dy * x
+    at each tap: conv2d's gradient w.r.t. its weight."""
+    C_out, C_in_g, KH, KW = weight_size
+    N, C_in, H, W = x.shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    P = N * OH * OW
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if P == 0 or C_out == 0 or C_in_g == 0:
+        return torch.zeros(weight_size, dtype=x.dtype, device=x.device)
+    common = (*stride, *padding, *dilation, KW)
+    taps = KH * KW
+    if C_in_g == 1 and groups > 1:
+        bp, bc = _dw_blocks(x.device, P, C_out, dy.stride(1) == 1)
+        c_blocks = triton.cdiv(C_out, bc)
+        num_tiles = triton.cdiv(P, bp)
+        num_splits, per_split = splits_for(x.device, num_tiles, taps * c_blocks)
+        part = torch.empty((num_splits, taps, C_out), dtype=acc, device=x.device)
+        _dw_weight_grad_kernel[(taps, c_blocks, num_splits)](
+            dy, x, part, P, C_out, H, W, OH, OW, C_out // C_in,
+            *_strides4(dy), *_strides4(x), *common, num_tiles, per_split,
+            ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
+        return part.sum(0).t().reshape(weight_size).to(x.dtype)
+    C_out_g = C_out // groups
+    bm = max(16, min(next_pow2(C_out_g), 64))
+    bn = max(16, min(next_pow2(C_in_g), 64))
+    bk = 64 if x.device.type == "cuda" else max(16, min(next_pow2(P), 256))
+    mn_blocks = triton.cdiv(C_out_g, bm) * triton.cdiv(C_in_g, bn)
+    num_tiles = triton.cdiv(P, bk)
+    num_splits, per_split = splits_for(x.device, num_tiles, taps * mn_blocks * groups)
+    part = torch.empty((groups * num_splits, C_out_g, C_in_g, taps), dtype=acc, device=x.device)
+    _conv_weight_grad_gemm_kernel[(taps, mn_blocks, groups * num_splits)](
+        dy, x, part, P, C_in_g, C_out_g, H, W, OH, OW,
+        *_strides4(dy), *_strides4(x), *common, num_tiles, per_split, num_splits,
+        ACC=acc_dtype(x.dtype), PRECISION=_precision(x), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    dw = part.view(groups, num_splits, C_out_g, C_in_g, taps).sum(1)
+    return dw.reshape(weight_size).to(x.dtype)
+
+
+def _torch_activation(t, activation):
+    if activation == 1:
+        return t.relu_()
+    if activation == 2:
+        return t.clamp_(0.0, 6.0)
+    if activation == 3:
+        return t.mul_(torch.sigmoid(t))
+    return t
