@@ -65,6 +65,14 @@ def _scatter_coord(i, pad, k, dil, stride, O):
 
 
 @triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:  # bf16 tl.dot is wrong in the CPU interpreter (triton 3.9); fp32 products of bf16 are exact
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+
+
+@triton.jit
 def _epilogue(acc, b_ptr, offs_c, mask_c, HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(acc.dtype)[None, :]
@@ -188,7 +196,7 @@ def _conv_gemm_kernel(
     sxn, sxc, sxh, sxw, swo, swi, swh, sww, syn, syc, syh, syw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # y[pixels, co] = sum over taps and ci chunks of x[pixels @ tap, ci] @ w[ci, co @ tap]
     g = tl.program_id(2)
@@ -216,7 +224,7 @@ def _conv_gemm_kernel(
                 a = tl.load(a_base[:, None] + ci[None, :].to(tl.int64) * sxc,
                             mask=ok[:, None] & mask_k[None, :], other=0.0)
                 b = tl.load(b_base + ci[:, None] * swi, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+                acc += _dot(a, b, PRECISION, ACC, UPCAST)
     acc = _epilogue(acc, b_ptr, co, mask_n, HAS_BIAS, ACT)
     y_ptrs = y_ptr + (n * syn + oh * syh + ow * syw)[:, None] + co[None, :] * syc
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -229,7 +237,7 @@ def _conv_transposed_gemm_kernel(
     sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # dx[pixels, ci] = sum over taps and co chunks of dy[pixels @ tap, co] @ w[co, ci @ tap];
     # (H, W) is dx's size, (OH, OW) dy's.
@@ -259,7 +267,7 @@ def _conv_transposed_gemm_kernel(
                             mask=ok[:, None] & mask_k[None, :], other=0.0)
                 b = tl.load(b_base + co[:, None].to(tl.int64) * swo, mask=mask_k[:, None] & mask_n[None, :],
                             other=0.0)
-                acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+                acc += _dot(a, b, PRECISION, ACC, UPCAST)
     acc = _epilogue(acc, b_ptr, ci, mask_n, HAS_BIAS, ACT)
     dx_ptrs = dx_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -271,7 +279,7 @@ def _conv_weight_grad_gemm_kernel(
     P, C_in_g, C_out_g, H, W, OH, OW,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_tiles, tiles_per_split, num_splits,
-    ACC: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # program (tap, (co block, ci block), (group, split)):
@@ -305,7 +313,7 @@ def _conv_weight_grad_gemm_kernel(
                     mask=mask_co[:, None] & mask_p[None, :], other=0.0)
         b = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc,
                     mask=ok[:, None] & mask_ci[None, :], other=0.0)
-        acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+        acc += _dot(a, b, PRECISION, ACC, UPCAST)
     out = ((tl.program_id(2).to(tl.int64) * C_out_g + offs_co[:, None]) * C_in_g + offs_ci[None, :]) * num_taps + tap
     tl.store(part_ptr + out, acc, mask=mask_co[:, None] & mask_ci[None, :])
 
@@ -336,6 +344,10 @@ def _precision(t):
     if t.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
         return "tf32"  # what cuDNN does for fp32 convolutions under torch's defaults
     return "ieee"
+
+
+def _upcast(t):
+    return t.dtype == torch.bfloat16 and t.device.type != "cuda"
 
 
 def is_depthwise(weight, groups):
@@ -387,7 +399,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, output_size, activatio
     _conv_gemm_kernel[grid](
         x, w, b, y, P, C_in_g, C_out_g, H, W, OH, OW,
         *_strides4(x), *_strides4(w), *_strides4(y), *common,
-        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(x.dtype), PRECISION=_precision(x),
+        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(x.dtype), PRECISION=_precision(x), UPCAST=_upcast(x),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return y
 
@@ -423,7 +435,7 @@ def conv2d_transposed(dy, w, bias, input_size, stride, padding, dilation, groups
     _conv_transposed_gemm_kernel[grid](
         dy, w, b, dx, P, C_in_g, C_out_g, H, W, OH, OW,
         *_strides4(dy), *_strides4(w), *_strides4(dx), *common,
-        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), PRECISION=_precision(dy),
+        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), PRECISION=_precision(dy), UPCAST=_upcast(dy),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return dx
 
@@ -450,7 +462,7 @@ def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
             dy, x, part, P, C_out, H, W, OH, OW, C_out // C_in,
             *_strides4(dy), *_strides4(x), *common, num_tiles, per_split,
             ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
-        return part.sum(0).t().reshape(weight_size).to(x.dtype)
+        return part.sum(0).t().contiguous().view(weight_size).to(x.dtype)
     C_out_g = C_out // groups
     bm = max(16, min(next_pow2(C_out_g), 64))
     bn = max(16, min(next_pow2(C_in_g), 64))
@@ -462,7 +474,7 @@ def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
     _conv_weight_grad_gemm_kernel[(taps, mn_blocks, groups * num_splits)](
         dy, x, part, P, C_in_g, C_out_g, H, W, OH, OW,
         *_strides4(dy), *_strides4(x), *common, num_tiles, per_split, num_splits,
-        ACC=acc_dtype(x.dtype), PRECISION=_precision(x), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        ACC=acc_dtype(x.dtype), PRECISION=_precision(x), UPCAST=_upcast(x), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     dw = part.view(groups, num_splits, C_out_g, C_in_g, taps).sum(1)
     return dw.reshape(weight_size).to(x.dtype)
 
