@@ -100,8 +100,71 @@ def _batch_norm_relu_cases(device):
                         yield kernel, backend, label, dtype, run
 
 
+# ----------------------------------------------------------------------------- conv
+
+# label, transposed, (N, C_in, H, W), C_out, groups, kernel, stride, padding, dilation, output_padding, layout
+_CONV_CONFIGS = (
+    ("depthwise 3x3", False, (2, 8, 9, 7), 8, 8, 3, 1, 1, 1, 0, None),
+    ("depthwise 5x5/2 x2", False, (2, 6, 11, 11), 12, 6, 5, 2, 2, 1, 0, torch.channels_last),
+    ("grouped g=4", False, (2, 8, 7, 9), 12, 4, 3, 2, 1, 1, 0, torch.channels_last),
+    ("dilated d=2", False, (2, 6, 13, 13), 8, 1, 3, 1, 2, 2, 0, None),
+    ("transposed 4x4/2", True, (2, 8, 5, 5), 6, 1, 4, 2, 1, 1, 0, None),
+    ("transposed g=2 op=1", True, (2, 6, 4, 5), 4, 2, 3, 2, 1, 1, 1, torch.channels_last),
+)
+
+
+def _conv_cases(device):
+    import torch.nn.functional as F
+
+    from reference.ops import conv as ref
+
+    from .ops.conv import conv2d, conv_transpose2d
+
+    for cfg in _CONV_CONFIGS:
+        label, transposed, shape, c_out, groups, k, stride, padding, dilation, out_pad, fmt = cfg
+        family = "conv_transpose2d" if transposed else ("depthwise_conv2d" if groups == shape[1] else "conv2d")
+        for backend in _backends_here(family, device):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                def run(shape=shape, c_out=c_out, groups=groups, k=k, stride=stride, padding=padding,
+                        dilation=dilation, out_pad=out_pad, fmt=fmt, transposed=transposed, dtype=dtype,
+                        backend=backend):
+                    gen = torch.Generator().manual_seed(0)
+                    C = shape[1]
+                    w_shape = (C, c_out // groups, k, k) if transposed else (c_out, C // groups, k, k)
+                    x64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+                    w64 = torch.randn(w_shape, generator=gen, dtype=torch.float64) / (w_shape[1] * k * k) ** 0.5
+                    b64 = torch.randn(c_out, generator=gen, dtype=torch.float64)
+                    x64, w64, b64 = (t.to(dtype).double() for t in (x64, w64, b64))
+                    outs = {}
+                    for who in ("kernel", "torch", "ref"):
+                        dt = torch.float64 if who == "ref" else dtype
+                        dev = "cpu" if who == "ref" else device
+                        x = x64.to(dev, dt)
+                        if fmt is not None:
+                            x = x.contiguous(memory_format=fmt)
+                        x.requires_grad_()
+                        w, b = w64.to(dev, dt).requires_grad_(), b64.to(dev, dt).requires_grad_()
+                        if transposed:
+                            fn = {"kernel": lambda *a: conv_transpose2d(*a, backend=backend),
+                                  "torch": F.conv_transpose2d, "ref": ref.conv_transpose2d}[who]
+                            y = fn(x, w, b, stride, padding, out_pad, groups, dilation)
+                        else:
+                            fn = {"kernel": lambda *a: conv2d(*a, backend=backend),
+                                  "torch": F.conv2d, "ref": ref.conv2d}[who]
+                            y = fn(x, w, b, stride, padding, dilation, groups)
+                        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+                        outs[who] = (y,) + torch.autograd.grad(y, (x, w, b), g.to(dtype).to(dev, y.dtype))
+                    for i, name in enumerate(("output", "grad_input", "grad_weight", "grad_bias")):
+                        kk, t, o = (outs[who][i].cpu() for who in ("kernel", "torch", "ref"))
+                        # convolutions: the 2x rule in every dtype (fp32 GPU convs may run in TF32, like cuDNN's)
+                        yield name, max_err(kk, o), bound_2x(o, t, kk.dtype)
+
+                yield family, backend, label, dtype, run
+
+
 CHECKS = {
     "batch_norm_relu": _batch_norm_relu_cases,
+    "conv": _conv_cases,
 }
 
 
@@ -149,14 +212,14 @@ def main(argv=None):
             ratio = float("inf")
         if worst is None or ratio > worst[0] or args.all_rows:
             cases[key if not args.all_rows else row] = (ratio, row)
-    header = f"{'kernel':<12} {'backend':<7} {'dtype':<9} {'case':<34} {'worst quantity':<15} {'max err':>9} {'allowed':>9}  result"
+    header = f"{'kernel':<16} {'backend':<7} {'dtype':<9} {'case':<34} {'worst quantity':<15} {'max err':>9} {'allowed':>9}  result"
     print(header)
     print("-" * len(header))
     failures = 0
     for _, row in cases.values():
         family, kernel, backend, label, dtype, quantity, err, allowed, ok = row
         failures += not ok
-        print(f"{kernel:<12} {backend:<7} {str(dtype).replace('torch.', ''):<9} {label:<34} {quantity[:60]:<15} "
+        print(f"{kernel:<16} {backend:<7} {str(dtype).replace('torch.', ''):<9} {label:<34} {quantity[:60]:<15} "
               f"{err:>9.2e} {allowed:>9.2e}  {'PASS' if ok else 'FAIL'}")
     print(f"\n{len(cases) - failures} passed, {failures} failed ({len(rows)} quantities, {time.time() - start:.0f} s)")
     if not rows:

@@ -51,10 +51,12 @@ CSV_COLUMNS = (
 # (optionally ``describe(device) -> str``). Add new families here.
 SUITES = {
     "batch_norm": "cvkernels.bench.batch_norm",
+    "conv": "cvkernels.bench.conv",
 }
 ALIASES = {
     "bn": "batch_norm", "bn_relu": "batch_norm", "bn_add_relu": "batch_norm",
     "batch_norm_relu": "batch_norm", "batchnorm": "batch_norm",
+    "conv2d": "conv", "depthwise": "conv", "conv_transpose2d": "conv", "convolution": "conv",
 }
 
 DTYPE_NAMES = {
@@ -795,9 +797,14 @@ def run(families=None, out_dir=None, quick=False, dtypes=None, modes=None, *, pr
             except Exception as exc:  # noqa: BLE001
                 notes[name] = f"describe failed: {_short_error(exc)}"
     print(f"{len(cases)} cases; modes {', '.join(modes or MODES)}; quick={quick}", file=stream, flush=True)
-    return run_cases(cases, device=device, modes=modes, providers=providers, out_dir=out_dir, warmup=warmup,
-                     rep=rep, append=append, plot=plot, max_seconds=max_seconds, stream=stream,
-                     extra_meta={"families": notes, "quick": quick})
+    report = run_cases(cases, device=device, modes=modes, providers=providers, out_dir=out_dir, warmup=warmup,
+                       rep=rep, append=append, plot=plot, max_seconds=max_seconds, stream=stream,
+                       extra_meta={"families": notes, "quick": quick})
+    for name in notes.keys() | {resolve_family(f) for f in (families or SUITES)}:
+        suite = load_suite(name)
+        if hasattr(suite, "after_run"):  # e.g. recording which of two GPU backends won per shape class
+            suite.after_run(report, device, stream)
+    return report
 
 
 def _allow_retained_backward():
