@@ -28,6 +28,8 @@ inputs run without copies; outputs take the input's suggested memory format. Pix
 (asymmetric 'same' padding costs nothing). Accumulation is float32 (float64 for float64).
 Epilogue: + bias, then activation ACT (0 none, 1 ReLU, 2 ReLU6, 3 SiLU).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -62,6 +64,25 @@ def _scatter_coord(i, pad, k, dil, stride, O):
     t_pos = tl.maximum(t, 0)
     o = t_pos // stride
     return o, (t >= 0) & (o * stride == t) & (o < O)
+
+
+@triton.jit
+def _phase_pixels(offs, phase, N, H, W, stride_h, stride_w, pad_h, pad_w):
+    """Pixels of one stride phase of the transposed direction.
+
+    dx pixel ih only receives taps kh with ih + pad - kh*dil divisible by stride: those of its
+    phase r = (ih + pad) mod stride. A program works on one phase (r_h, r_w) and loops over its
+    taps only (a 1/(stride_h*stride_w) share), instead of masking the others out.
+    Returns n, ih, iw of the flat phase-pixel indices `offs`, their validity, and (r_h, r_w)."""
+    r_h = phase // stride_w
+    r_w = phase % stride_w
+    base_h = ((r_h - pad_h) % stride_h + stride_h) % stride_h  # the phase's first row
+    base_w = ((r_w - pad_w) % stride_w + stride_w) % stride_w
+    HJ = (H - base_h + stride_h - 1) // stride_h
+    WJ = (W - base_w + stride_w - 1) // stride_w
+    n, jh, jw = _pixel_coords(offs, tl.maximum(HJ, 1), tl.maximum(WJ, 1))
+    valid = offs < N.to(tl.int64) * HJ * WJ
+    return n, base_h + jh * stride_h, base_w + jw * stride_w, valid, r_h, r_w
 
 
 @triton.jit
@@ -121,27 +142,29 @@ def _dw_conv_kernel(
 
 @triton.jit
 def _dw_conv_transposed_kernel(
-    dy_ptr, w_ptr, b_ptr, dx_ptr,
-    P, C_in, H, W, OH, OW, M,
+    dy_ptr, w_ptr, b_ptr, dx_ptr, tap0_ptr,
+    N, C_in, H, W, OH, OW, M,
     sdn, sdc, sdh, sdw, swc, swh, sww, sxn, sxc, sxh, sxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, tap_step_h, tap_step_w,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # (H, W) is the size of dx (this kernel's output), (OH, OW) that of dy.
+    # (H, W) is the size of dx (this kernel's output), (OH, OW) that of dy; program axis 2 is
+    # the stride phase, tap0_ptr its first taps (see _phase_pixels).
     offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < P
+    n, ih, iw, mask_p, r_h, r_w = _phase_pixels(offs_p, tl.program_id(2), N, H, W, stride_h, stride_w, pad_h, pad_w)
+    kh0 = tl.load(tap0_ptr + r_h)
+    kw0 = tl.load(tap0_ptr + stride_h + r_w)
     mask_c = offs_c < C_in
-    n, ih, iw = _pixel_coords(offs_p, H, W)
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     for m in range(M):
         co = offs_c.to(tl.int64) * M + m
         dy_base = dy_ptr + n[:, None] * sdn + co[None, :] * sdc
-        for kh in range(KH):
+        for kh in range(kh0, KH, tap_step_h):
             oh, ok_h = _scatter_coord(ih, pad_h, kh, dil_h, stride_h, OH)
             ok_h = ok_h & mask_p
-            for kw in range(KW):
+            for kw in range(kw0, KW, tap_step_w):
                 ow, ok_w = _scatter_coord(iw, pad_w, kw, dil_w, stride_w, OW)
                 ok = ok_h & ok_w
                 g = tl.load(dy_base + (oh * sdh + ow * sdw)[:, None], mask=ok[:, None] & mask_c[None, :], other=0.0)
@@ -232,30 +255,33 @@ def _conv_gemm_kernel(
 
 @triton.jit
 def _conv_transposed_gemm_kernel(
-    dy_ptr, w_ptr, b_ptr, dx_ptr,
-    P, C_in_g, C_out_g, H, W, OH, OW,
+    dy_ptr, w_ptr, b_ptr, dx_ptr, tap0_ptr,
+    N, C_in_g, C_out_g, H, W, OH, OW,
     sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, tap_step_h, tap_step_w,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # dx[pixels, ci] = sum over taps and co chunks of dy[pixels @ tap, co] @ w[co, ci @ tap];
-    # (H, W) is dx's size, (OH, OW) dy's.
-    g = tl.program_id(2)
+    # dx[pixels, ci] = sum over the phase's taps and co chunks of dy[pixels @ tap, co] @ w[co, ci @ tap];
+    # (H, W) is dx's size, (OH, OW) dy's; program axis 2 is (group, stride phase).
+    num_phases = stride_h * stride_w
+    g = tl.program_id(2) // num_phases
     offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < P
+    n, ih, iw, mask_m, r_h, r_w = _phase_pixels(offs_m, tl.program_id(2) % num_phases, N, H, W,
+                                                stride_h, stride_w, pad_h, pad_w)
+    kh0 = tl.load(tap0_ptr + r_h)
+    kw0 = tl.load(tap0_ptr + stride_h + r_w)
     mask_n = offs_n < C_in_g
     ci = g.to(tl.int64) * C_in_g + offs_n
-    n, ih, iw = _pixel_coords(offs_m, H, W)
     dy_base = dy_ptr + n * sdn + g.to(tl.int64) * C_out_g * sdc
     w_base = w_ptr + offs_n[None, :].to(tl.int64) * swi + g.to(tl.int64) * C_out_g * swo
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
-    for kh in range(KH):
+    for kh in range(kh0, KH, tap_step_h):
         oh, ok_h = _scatter_coord(ih, pad_h, kh, dil_h, stride_h, OH)
         ok_h = ok_h & mask_m
-        for kw in range(KW):
+        for kw in range(kw0, KW, tap_step_w):
             ow, ok_w = _scatter_coord(iw, pad_w, kw, dil_w, stride_w, OW)
             ok = ok_h & ok_w
             a_base = dy_base + oh * sdh + ow * sdw
@@ -356,8 +382,9 @@ def is_depthwise(weight, groups):
 
 
 def _dw_blocks(device, P, C, channels_last):
-    if device.type != "cuda":  # interpreter: one tile per few programs
-        return max(16, min(next_pow2(P), 256)), max(1, min(next_pow2(C), 64))
+    if device.type != "cuda":  # interpreter: its cost is per program and per op, not per element
+        block_c = max(1, min(next_pow2(C), 128))
+        return max(16, min(next_pow2(P), 65536 // block_c)), block_c
     if channels_last:
         block_c = min(next_pow2(C), 64)
         return max(16, 2048 // block_c), block_c
@@ -367,7 +394,7 @@ def _dw_blocks(device, P, C, channels_last):
 def _gemm_blocks(device, P, K, N):
     bn = max(16, min(next_pow2(N), 128))
     bk = max(16, min(next_pow2(K), 64 if device.type == "cuda" else 128))
-    bm = 128 if device.type == "cuda" else max(16, min(next_pow2(P), 256))
+    bm = 128 if device.type == "cuda" else max(16, min(next_pow2(P), 1024))
     if device.type == "cuda" and bn == 128 and bk == 64:
         bm = 64
     return bm, bn, bk
@@ -411,7 +438,6 @@ def conv2d_transposed(dy, w, bias, input_size, stride, padding, dilation, groups
     C_out, C_in_g, KH, KW = w.shape
     OH, OW = dy.shape[2], dy.shape[3]
     dx = empty_conv_output((N, C_in, H, W), dy)
-    P = N * H * W
     if dx.numel() == 0:
         return dx
     if dy.numel() == 0 or C_out == 0:  # nothing flows back: only the bias (and activation) remain
@@ -420,24 +446,41 @@ def conv2d_transposed(dy, w, bias, input_size, stride, padding, dilation, groups
             dx += bias.to(dx.dtype)[None, :, None, None]
         return _torch_activation(dx, activation)
     common = (*stride, *padding, *dilation, KH, KW)
+    tap0, step_h, step_w = _phase_taps(KH, KW, stride, dilation, dy.device)
+    phases = stride[0] * stride[1]
+    P_phase = N * triton.cdiv(H, stride[0]) * triton.cdiv(W, stride[1])  # the largest phase
     b = bias if bias is not None else w
     if is_depthwise(w, groups):
-        bp, bc = _dw_blocks(dy.device, P, C_in, dx.stride(1) == 1)
-        grid = (triton.cdiv(P, bp), triton.cdiv(C_in, bc))
+        bp, bc = _dw_blocks(dy.device, P_phase, C_in, dx.stride(1) == 1)
+        grid = (triton.cdiv(P_phase, bp), triton.cdiv(C_in, bc), phases)
         _dw_conv_transposed_kernel[grid](
-            dy, w, b, dx, P, C_in, H, W, OH, OW, C_out // C_in,
-            *_strides4(dy), w.stride(0), w.stride(2), w.stride(3), *_strides4(dx), *common,
+            dy, w, b, dx, tap0, N, C_in, H, W, OH, OW, C_out // C_in,
+            *_strides4(dy), w.stride(0), w.stride(2), w.stride(3), *_strides4(dx), *common, step_h, step_w,
             HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), BLOCK_P=bp, BLOCK_C=bc)
         return dx
     C_out_g = C_out // groups
-    bm, bn, bk = _gemm_blocks(dy.device, P, C_out_g, C_in_g)
-    grid = (triton.cdiv(P, bm), triton.cdiv(C_in_g, bn), groups)
+    bm, bn, bk = _gemm_blocks(dy.device, P_phase, C_out_g, C_in_g)
+    grid = (triton.cdiv(P_phase, bm), triton.cdiv(C_in_g, bn), groups * phases)
     _conv_transposed_gemm_kernel[grid](
-        dy, w, b, dx, P, C_in_g, C_out_g, H, W, OH, OW,
-        *_strides4(dy), *_strides4(w), *_strides4(dx), *common,
-        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), PRECISION=_precision(dy), UPCAST=_upcast(dy),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        dy, w, b, dx, tap0, N, C_in_g, C_out_g, H, W, OH, OW,
+        *_strides4(dy), *_strides4(w), *_strides4(dx), *common, step_h, step_w,
+        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), PRECISION=_precision(dy),
+        UPCAST=_upcast(dy), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return dx
+
+
+def _first_taps(k, stride, dilation):
+    """Per phase r in [0, stride): the first tap kk with kk*dilation = r (mod stride), or k when
+    the phase has none; the taps of a phase repeat every stride / gcd(stride, dilation)."""
+    step = stride // math.gcd(stride, dilation)
+    return [next((kk for kk in range(min(k, step)) if (r - kk * dilation) % stride == 0), k)
+            for r in range(stride)], step
+
+
+def _phase_taps(KH, KW, stride, dilation, device):
+    first_h, step_h = _first_taps(KH, stride[0], dilation[0])
+    first_w, step_w = _first_taps(KW, stride[1], dilation[1])
+    return torch.tensor(first_h + first_w, dtype=torch.int32, device=device), step_h, step_w
 
 
 def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
@@ -466,7 +509,7 @@ def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
     C_out_g = C_out // groups
     bm = max(16, min(next_pow2(C_out_g), 64))
     bn = max(16, min(next_pow2(C_in_g), 64))
-    bk = 64 if x.device.type == "cuda" else max(16, min(next_pow2(P), 256))
+    bk = 64 if x.device.type == "cuda" else max(16, min(next_pow2(P), 1024))
     mn_blocks = triton.cdiv(C_out_g, bm) * triton.cdiv(C_in_g, bn)
     num_tiles = triton.cdiv(P, bk)
     num_splits, per_split = splits_for(x.device, num_tiles, taps * mn_blocks * groups)
