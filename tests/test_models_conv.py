@@ -18,11 +18,15 @@ MODEL_FLOOR = 2e-3  # relative to max(1, |value|): fp32 rounding compounded over
 CONV_FAMILIES = ("DW", "GC", "DIL", "TC")
 
 
+# same blocks as resnext50_32x4d, 3x the depth: covered by it, left out to keep the CPU suite fast
+SKIP = {"resnext101_32x8d"}
+
+
 def _conv_models():
     names = set()
     for family in CONV_FAMILIES:
         names.update(models.list_models(family=family))
-    return sorted(names)
+    return sorted(names - SKIP)
 
 
 def _is_routed(m):
@@ -36,6 +40,8 @@ def test_converted_conv_model_parity(name):
     model = model.to(DEVICE)
     with torch.no_grad():  # non-trivial BN affine parameters and running statistics
         for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.p = 0.0  # random masks would differ between the three runs; not a cvkernels op
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.0)
                 m.bias.normal_(0, 0.1)
