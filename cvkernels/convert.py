@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import _dispatch
 from .nn.batch_norm import BatchNormReLU, SyncBatchNormReLU
 from .nn.conv import Conv2d, ConvTranspose2d
 
@@ -202,6 +203,21 @@ def _conv_wins(conv):
     return conv.groups > 1 or tuple(conv.dilation) != (1, 1)
 
 
+def _conv_backend(module, backend):
+    """`backend` if the module's conv family has it (or it is "torch"), else None (automatic):
+    convert(model, backend="cpp") names the BatchNorm backend; convolutions have no C++ one."""
+    if backend is None or backend == "torch":
+        return backend
+    if isinstance(module, nn.ConvTranspose2d):
+        family = "conv_transpose2d"
+    elif module.groups > 1 and module.groups == module.in_channels:
+        family = "depthwise_conv2d"
+    else:
+        family = "conv2d"
+    impls = _dispatch.FAMILIES[family]
+    return backend if backend in impls["gpu"] + impls["cpu"] else None
+
+
 def _swap_conv(module, backend):
     """Turns an nn.Conv2d / nn.ConvTranspose2d that cvkernels serves into the cvkernels
     subclass in place (same object, parameters and hooks). Returns whether it did."""
@@ -211,7 +227,7 @@ def _swap_conv(module, backend):
         module.__class__ = ConvTranspose2d
     else:
         return False
-    module.activation, module.backend = None, backend
+    module.activation, module.backend = None, _conv_backend(module, backend)
     return True
 
 

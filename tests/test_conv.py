@@ -445,3 +445,37 @@ def test_convert_parity_and_structure():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
     clone = pickle.loads(pickle.dumps(model))
     torch.testing.assert_close(clone(x), y_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_int64_indexing_path(monkeypatch):
+    """Tensors past 2**31 elements switch the kernels to 64-bit index arithmetic; run that
+    variant on small shapes (its arithmetic is the same, only the type differs)."""
+    import triton.language as tl
+
+    from cvkernels.triton import conv as kernels
+    monkeypatch.setattr(kernels, "_index_type", lambda *tensors: tl.int64)
+    assert kernels._index_type() == tl.int64
+    _conv_case(CONV_CASES[1], torch.float32, "channels_last")
+    _conv_case(CONV_CASES[8], torch.float32, "contiguous")
+    _transposed_case(TRANSPOSED_CASES[2], torch.float32, "contiguous")
+
+
+def test_index_type_threshold():
+    import triton.language as tl
+
+    from cvkernels.triton.conv import _index_type
+    small = torch.empty(2, 3, 4, 5)
+    assert _index_type(small) == tl.int32
+    big = torch.empty((2, 2), device="meta").as_strided((2, 2), (2**31, 1))  # an offset past 2**31, no memory
+    assert _index_type(small, big) == tl.int64
+    assert _index_type(torch.empty(2**31, device="meta")) == tl.int64
+
+
+def test_convert_with_a_backend_conv_lacks():
+    """convert(backend="cpp") names the BatchNorm backend; convolutions fall back to automatic."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.ReLU())
+    reference = copy.deepcopy(model)
+    cvkernels.convert(model, backend="cpp" if cvkernels.has_ops() else "triton")
+    assert model[0].backend in (None, "triton")
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-4)

@@ -20,13 +20,23 @@ def _num_sms(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def interpreted(device):
+    """Whether kernels for tensors on `device` run in the CPU interpreter. Launch parameters are
+    chosen for the interpreter (few, big programs) or for a GPU; "meta" tensors get the GPU's
+    (scripts/triton_compile_report.py compiles the GPU launches on a machine without one)."""
+    return device.type == "cpu"
+
+
+H100_SMS = 132
+
+
 def target_programs(device):
     """About how many programs fill the device: 4 per SM on a GPU; few on the CPU interpreter,
     which runs programs one after another (there, fewer and bigger tiles are faster)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return 4 * _num_sms(index)
-    return 4
+    return 4 if interpreted(device) else 4 * H100_SMS
 
 
 def splits_for(device, num_tiles, other_programs):

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, next_pow2, splits_for
+from ._common import acc_dtype, interpreted, next_pow2, splits_for
 
 ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2, "silu": 3}
 
@@ -67,7 +67,7 @@ def _scatter_coord(i, pad, k, dil, stride, O):
 
 
 @triton.jit
-def _phase_pixels(offs, phase, N, H, W, stride_h, stride_w, pad_h, pad_w):
+def _phase_pixels(offs, phase, N, H, W, stride_h, stride_w, pad_h, pad_w, IDX: tl.constexpr):
     """Pixels of one stride phase of the transposed direction.
 
     dx pixel ih only receives taps kh with ih + pad - kh*dil divisible by stride: those of its
@@ -81,7 +81,7 @@ def _phase_pixels(offs, phase, N, H, W, stride_h, stride_w, pad_h, pad_w):
     HJ = (H - base_h + stride_h - 1) // stride_h
     WJ = (W - base_w + stride_w - 1) // stride_w
     n, jh, jw = _pixel_coords(offs, tl.maximum(HJ, 1), tl.maximum(WJ, 1))
-    valid = offs < N.to(tl.int64) * HJ * WJ
+    valid = offs < N.to(IDX) * HJ * WJ
     return n, base_h + jh * stride_h, base_w + jw * stride_w, valid, r_h, r_w
 
 
@@ -114,17 +114,17 @@ def _dw_conv_kernel(
     P, C_out, H, W, OH, OW, M,
     sxn, sxc, sxh, sxw, swc, swh, sww, syn, syc, syh, syw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, IDX: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p = tl.program_id(0).to(IDX) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = offs_p < P
     mask_c = offs_c < C_out
     n, oh, ow = _pixel_coords(offs_p, OH, OW)
-    ci = (offs_c // M).to(tl.int64)
+    ci = (offs_c // M).to(IDX)
     x_base = x_ptr + n[:, None] * sxn + ci[None, :] * sxc
-    w_base = w_ptr + offs_c.to(tl.int64) * swc
+    w_base = w_ptr + offs_c.to(IDX) * swc
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     for kh in range(KH):
         ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
@@ -136,7 +136,7 @@ def _dw_conv_kernel(
             wv = tl.load(w_base + kh * swh + kw * sww, mask=mask_c, other=0.0)
             acc += xv.to(ACC) * wv.to(ACC)[None, :]
     acc = _epilogue(acc, b_ptr, offs_c, mask_c, HAS_BIAS, ACT)
-    y_ptrs = y_ptr + (n * syn + oh * syh + ow * syw)[:, None] + offs_c.to(tl.int64)[None, :] * syc
+    y_ptrs = y_ptr + (n * syn + oh * syh + ow * syw)[:, None] + offs_c.to(IDX)[None, :] * syc
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
 
@@ -146,20 +146,20 @@ def _dw_conv_transposed_kernel(
     N, C_in, H, W, OH, OW, M,
     sdn, sdc, sdh, sdw, swc, swh, sww, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, tap_step_h, tap_step_w,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, IDX: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # (H, W) is the size of dx (this kernel's output), (OH, OW) that of dy; program axis 2 is
     # the stride phase, tap0_ptr its first taps (see _phase_pixels).
-    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p = tl.program_id(0).to(IDX) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    n, ih, iw, mask_p, r_h, r_w = _phase_pixels(offs_p, tl.program_id(2), N, H, W, stride_h, stride_w, pad_h, pad_w)
+    n, ih, iw, mask_p, r_h, r_w = _phase_pixels(offs_p, tl.program_id(2), N, H, W, stride_h, stride_w, pad_h, pad_w, IDX)
     kh0 = tl.load(tap0_ptr + r_h)
     kw0 = tl.load(tap0_ptr + stride_h + r_w)
     mask_c = offs_c < C_in
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     for m in range(M):
-        co = offs_c.to(tl.int64) * M + m
+        co = offs_c.to(IDX) * M + m
         dy_base = dy_ptr + n[:, None] * sdn + co[None, :] * sdc
         for kh in range(kh0, KH, tap_step_h):
             oh, ok_h = _scatter_coord(ih, pad_h, kh, dil_h, stride_h, OH)
@@ -171,7 +171,7 @@ def _dw_conv_transposed_kernel(
                 wv = tl.load(w_ptr + co * swc + kh * swh + kw * sww, mask=mask_c, other=0.0)
                 acc += g.to(ACC) * wv.to(ACC)[None, :]
     acc = _epilogue(acc, b_ptr, offs_c, mask_c, HAS_BIAS, ACT)
-    dx_ptrs = dx_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c.to(tl.int64)[None, :] * sxc
+    dx_ptrs = dx_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c.to(IDX)[None, :] * sxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
 
@@ -181,7 +181,7 @@ def _dw_weight_grad_kernel(
     P, C_out, H, W, OH, OW, M,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_tiles, tiles_per_split,
-    ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    IDX: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # program (tap, channel block, split): partial[split, tap, co] = sum over its pixel tiles
     tap = tl.program_id(0)
@@ -190,10 +190,10 @@ def _dw_weight_grad_kernel(
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
     mask_c = offs_c < C_out
-    co = offs_c.to(tl.int64)
+    co = offs_c.to(IDX)
     ci = co // M
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
-    t_begin = split.to(tl.int64) * tiles_per_split  # 64-bit loop index: t * BLOCK_P can pass 2**31
+    t_begin = split.to(IDX) * tiles_per_split  # IDX loop index: t * BLOCK_P can pass 2**31
     t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
     for t in range(t_begin, t_end):
         offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -218,19 +218,19 @@ def _conv_gemm_kernel(
     P, C_in_g, C_out_g, H, W, OH, OW,
     sxn, sxc, sxh, sxw, swo, swi, swh, sww, syn, syc, syh, syw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, IDX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # y[pixels, co] = sum over taps and ci chunks of x[pixels @ tap, ci] @ w[ci, co @ tap]
     g = tl.program_id(2)
-    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < P
     mask_n = offs_n < C_out_g
-    co = g.to(tl.int64) * C_out_g + offs_n
+    co = g.to(IDX) * C_out_g + offs_n
     n, oh, ow = _pixel_coords(offs_m, OH, OW)
-    x_base = x_ptr + n * sxn + g.to(tl.int64) * C_in_g * sxc
+    x_base = x_ptr + n * sxn + g.to(IDX) * C_in_g * sxc
     w_base = w_ptr + co[None, :] * swo
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
     for kh in range(KH):
@@ -244,7 +244,7 @@ def _conv_gemm_kernel(
             for c0 in range(0, C_in_g, BLOCK_K):
                 ci = c0 + offs_k
                 mask_k = ci < C_in_g
-                a = tl.load(a_base[:, None] + ci[None, :].to(tl.int64) * sxc,
+                a = tl.load(a_base[:, None] + ci[None, :].to(IDX) * sxc,
                             mask=ok[:, None] & mask_k[None, :], other=0.0)
                 b = tl.load(b_base + ci[:, None] * swi, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
                 acc += _dot(a, b, PRECISION, ACC, UPCAST)
@@ -259,24 +259,24 @@ def _conv_transposed_gemm_kernel(
     N, C_in_g, C_out_g, H, W, OH, OW,
     sdn, sdc, sdh, sdw, swo, swi, swh, sww, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, tap_step_h, tap_step_w,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, IDX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # dx[pixels, ci] = sum over the phase's taps and co chunks of dy[pixels @ tap, co] @ w[co, ci @ tap];
     # (H, W) is dx's size, (OH, OW) dy's; program axis 2 is (group, stride phase).
     num_phases = stride_h * stride_w
     g = tl.program_id(2) // num_phases
-    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     n, ih, iw, mask_m, r_h, r_w = _phase_pixels(offs_m, tl.program_id(2) % num_phases, N, H, W,
-                                                stride_h, stride_w, pad_h, pad_w)
+                                                stride_h, stride_w, pad_h, pad_w, IDX)
     kh0 = tl.load(tap0_ptr + r_h)
     kw0 = tl.load(tap0_ptr + stride_h + r_w)
     mask_n = offs_n < C_in_g
-    ci = g.to(tl.int64) * C_in_g + offs_n
-    dy_base = dy_ptr + n * sdn + g.to(tl.int64) * C_out_g * sdc
-    w_base = w_ptr + offs_n[None, :].to(tl.int64) * swi + g.to(tl.int64) * C_out_g * swo
+    ci = g.to(IDX) * C_in_g + offs_n
+    dy_base = dy_ptr + n * sdn + g.to(IDX) * C_out_g * sdc
+    w_base = w_ptr + offs_n[None, :].to(IDX) * swi + g.to(IDX) * C_out_g * swo
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
     for kh in range(kh0, KH, tap_step_h):
         oh, ok_h = _scatter_coord(ih, pad_h, kh, dil_h, stride_h, OH)
@@ -289,9 +289,9 @@ def _conv_transposed_gemm_kernel(
             for c0 in range(0, C_out_g, BLOCK_K):
                 co = c0 + offs_k
                 mask_k = co < C_out_g
-                a = tl.load(a_base[:, None] + co[None, :].to(tl.int64) * sdc,
+                a = tl.load(a_base[:, None] + co[None, :].to(IDX) * sdc,
                             mask=ok[:, None] & mask_k[None, :], other=0.0)
-                b = tl.load(b_base + co[:, None].to(tl.int64) * swo, mask=mask_k[:, None] & mask_n[None, :],
+                b = tl.load(b_base + co[:, None].to(IDX) * swo, mask=mask_k[:, None] & mask_n[None, :],
                             other=0.0)
                 acc += _dot(a, b, PRECISION, ACC, UPCAST)
     acc = _epilogue(acc, b_ptr, ci, mask_n, HAS_BIAS, ACT)
@@ -305,7 +305,7 @@ def _conv_weight_grad_gemm_kernel(
     P, C_in_g, C_out_g, H, W, OH, OW,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_tiles, tiles_per_split, num_splits,
-    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    IDX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # program (tap, (co block, ci block), (group, split)):
@@ -323,10 +323,10 @@ def _conv_weight_grad_gemm_kernel(
     offs_ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_co = offs_co < C_out_g
     mask_ci = offs_ci < C_in_g
-    co = g.to(tl.int64) * C_out_g + offs_co
-    ci = g.to(tl.int64) * C_in_g + offs_ci
+    co = g.to(IDX) * C_out_g + offs_co
+    ci = g.to(IDX) * C_in_g + offs_ci
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
-    t_begin = split.to(tl.int64) * tiles_per_split
+    t_begin = split.to(IDX) * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
     for t in range(t_begin, t_end):
         offs_p = t * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -340,7 +340,7 @@ def _conv_weight_grad_gemm_kernel(
         b = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc,
                     mask=ok[:, None] & mask_ci[None, :], other=0.0)
         acc += _dot(a, b, PRECISION, ACC, UPCAST)
-    out = ((tl.program_id(2).to(tl.int64) * C_out_g + offs_co[:, None]) * C_in_g + offs_ci[None, :]) * num_taps + tap
+    out = ((tl.program_id(2).to(IDX) * C_out_g + offs_co[:, None]) * C_in_g + offs_ci[None, :]) * num_taps + tap
     tl.store(part_ptr + out, acc, mask=mask_co[:, None] & mask_ci[None, :])
 
 
@@ -367,13 +367,22 @@ def empty_conv_output(shape, like):
 def _precision(t):
     if t.dtype != torch.float32:
         return "ieee"
-    if t.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+    if not interpreted(t.device) and torch.backends.cudnn.allow_tf32:
         return "tf32"  # what cuDNN does for fp32 convolutions under torch's defaults
     return "ieee"
 
 
+def _index_type(*tensors):
+    """int32 index arithmetic (fewer registers) unless an offset into a tensor, or a pixel
+    count, can reach 2**31: then int64."""
+    span = 0
+    for t in tensors:
+        span = max(span, t.numel(), 1 + sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride()) if d > 0))
+    return tl.int64 if span >= 2**31 - 1 else tl.int32
+
+
 def _upcast(t):
-    return t.dtype == torch.bfloat16 and t.device.type != "cuda"
+    return t.dtype == torch.bfloat16 and interpreted(t.device)
 
 
 def is_depthwise(weight, groups):
@@ -382,7 +391,7 @@ def is_depthwise(weight, groups):
 
 
 def _dw_blocks(device, P, C, channels_last):
-    if device.type != "cuda":  # interpreter: its cost is per program and per op, not per element
+    if interpreted(device):  # interpreter: its cost is per program and per op, not per element
         block_c = max(1, min(next_pow2(C), 128))
         return max(16, min(next_pow2(P), 65536 // block_c)), block_c
     if channels_last:
@@ -393,9 +402,10 @@ def _dw_blocks(device, P, C, channels_last):
 
 def _gemm_blocks(device, P, K, N):
     bn = max(16, min(next_pow2(N), 128))
-    bk = max(16, min(next_pow2(K), 64 if device.type == "cuda" else 128))
-    bm = 128 if device.type == "cuda" else max(16, min(next_pow2(P), 1024))
-    if device.type == "cuda" and bn == 128 and bk == 64:
+    gpu = not interpreted(device)
+    bk = max(16, min(next_pow2(K), 64 if gpu else 128))
+    bm = 128 if gpu else max(16, min(next_pow2(P), 1024))
+    if gpu and bn == 128 and bk == 64:
         bm = 64
     return bm, bn, bk
 
@@ -411,6 +421,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, output_size, activatio
     if y.numel() == 0:
         return y
     common = (*stride, *padding, *dilation, KH, KW)
+    idx = _index_type(x, w, y)
     b = bias if bias is not None else w
     if is_depthwise(w, groups):
         bp, bc = _dw_blocks(x.device, P, C_out, y.stride(1) == 1)
@@ -418,7 +429,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, output_size, activatio
         _dw_conv_kernel[grid](
             x, w, b, y, P, C_out, H, W, OH, OW, C_out // C_in,
             *_strides4(x), w.stride(0), w.stride(2), w.stride(3), *_strides4(y), *common,
-            HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
+            HAS_BIAS=bias is not None, ACT=activation, IDX=idx, ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
         return y
     C_out_g = C_out // groups
     bm, bn, bk = _gemm_blocks(x.device, P, C_in_g, C_out_g)
@@ -426,7 +437,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, output_size, activatio
     _conv_gemm_kernel[grid](
         x, w, b, y, P, C_in_g, C_out_g, H, W, OH, OW,
         *_strides4(x), *_strides4(w), *_strides4(y), *common,
-        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(x.dtype), PRECISION=_precision(x), UPCAST=_upcast(x),
+        HAS_BIAS=bias is not None, ACT=activation, IDX=idx, ACC=acc_dtype(x.dtype), PRECISION=_precision(x), UPCAST=_upcast(x),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return y
 
@@ -446,6 +457,7 @@ def conv2d_transposed(dy, w, bias, input_size, stride, padding, dilation, groups
             dx += bias.to(dx.dtype)[None, :, None, None]
         return _torch_activation(dx, activation)
     common = (*stride, *padding, *dilation, KH, KW)
+    idx = _index_type(dy, w, dx)
     tap0, step_h, step_w = _phase_taps(KH, KW, stride, dilation, dy.device)
     phases = stride[0] * stride[1]
     P_phase = N * triton.cdiv(H, stride[0]) * triton.cdiv(W, stride[1])  # the largest phase
@@ -456,7 +468,7 @@ def conv2d_transposed(dy, w, bias, input_size, stride, padding, dilation, groups
         _dw_conv_transposed_kernel[grid](
             dy, w, b, dx, tap0, N, C_in, H, W, OH, OW, C_out // C_in,
             *_strides4(dy), w.stride(0), w.stride(2), w.stride(3), *_strides4(dx), *common, step_h, step_w,
-            HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), BLOCK_P=bp, BLOCK_C=bc)
+            HAS_BIAS=bias is not None, ACT=activation, IDX=idx, ACC=acc_dtype(dy.dtype), BLOCK_P=bp, BLOCK_C=bc)
         return dx
     C_out_g = C_out // groups
     bm, bn, bk = _gemm_blocks(dy.device, P_phase, C_out_g, C_in_g)
@@ -464,7 +476,7 @@ def conv2d_transposed(dy, w, bias, input_size, stride, padding, dilation, groups
     _conv_transposed_gemm_kernel[grid](
         dy, w, b, dx, tap0, N, C_in_g, C_out_g, H, W, OH, OW,
         *_strides4(dy), *_strides4(w), *_strides4(dx), *common, step_h, step_w,
-        HAS_BIAS=bias is not None, ACT=activation, ACC=acc_dtype(dy.dtype), PRECISION=_precision(dy),
+        HAS_BIAS=bias is not None, ACT=activation, IDX=idx, ACC=acc_dtype(dy.dtype), PRECISION=_precision(dy),
         UPCAST=_upcast(dy), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     return dx
 
@@ -504,12 +516,12 @@ def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
         _dw_weight_grad_kernel[(taps, c_blocks, num_splits)](
             dy, x, part, P, C_out, H, W, OH, OW, C_out // C_in,
             *_strides4(dy), *_strides4(x), *common, num_tiles, per_split,
-            ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
+            IDX=_index_type(dy, x, part), ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
         return part.sum(0).t().contiguous().view(weight_size).to(x.dtype)
     C_out_g = C_out // groups
     bm = max(16, min(next_pow2(C_out_g), 64))
     bn = max(16, min(next_pow2(C_in_g), 64))
-    bk = 64 if x.device.type == "cuda" else max(16, min(next_pow2(P), 1024))
+    bk = 64 if not interpreted(x.device) else max(16, min(next_pow2(P), 1024))
     mn_blocks = triton.cdiv(C_out_g, bm) * triton.cdiv(C_in_g, bn)
     num_tiles = triton.cdiv(P, bk)
     num_splits, per_split = splits_for(x.device, num_tiles, taps * mn_blocks * groups)
@@ -517,7 +529,7 @@ def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
     _conv_weight_grad_gemm_kernel[(taps, mn_blocks, groups * num_splits)](
         dy, x, part, P, C_in_g, C_out_g, H, W, OH, OW,
         *_strides4(dy), *_strides4(x), *common, num_tiles, per_split, num_splits,
-        ACC=acc_dtype(x.dtype), PRECISION=_precision(x), UPCAST=_upcast(x), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        IDX=_index_type(dy, x, part), ACC=acc_dtype(x.dtype), PRECISION=_precision(x), UPCAST=_upcast(x), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     dw = part.view(groups, num_splits, C_out_g, C_in_g, taps).sum(1)
     return dw.reshape(weight_size).to(x.dtype)
 

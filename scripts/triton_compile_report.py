@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Compiles every Triton kernel launch of the conv family for a GPU target, without a GPU.
+
+The launchers run on "meta" tensors (which get the GPU's launch parameters, see
+cvkernels/triton/_common.py); each kernel launch is captured instead of run, and compiled
+with Triton's own toolchain (bundled LLVM + ptxas) for sm_90. Catches what the CPU
+interpreter cannot: compile errors of the GPU path, and register use / spills per kernel
+(read from the cubin with the bundled cuobjdump).
+
+    python scripts/triton_compile_report.py [--arch 90] [--json OUT]
+
+Exit code 1 if any launch fails to compile.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)  # real JITFunctions, not the interpreter
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
+          torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+
+
+def _capture(launches):
+    """Replaces JITFunction.run: records (kernel, signature, constexprs, options), runs nothing."""
+    def run(self, *args, grid, warmup, **kwargs):
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "num_ctas") if k in kwargs}
+        bound = dict(zip(self.arg_names, args))
+        bound.update(kwargs)
+        signature, constexprs = {}, {}
+        for i, name in enumerate(self.arg_names):
+            value = bound[name]
+            if i in self.constexprs:
+                signature[name] = "constexpr"
+                constexprs[(i,)] = value
+            elif isinstance(value, torch.Tensor):
+                signature[name] = "*" + _TYPES[value.dtype]
+            elif isinstance(value, bool):
+                signature[name] = "i1"
+            elif isinstance(value, int):
+                signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            elif isinstance(value, float):
+                signature[name] = "fp32"
+            else:
+                raise TypeError(f"{self.fn.__name__}: cannot type argument {name}={value!r}")
+        launches.append((self, signature, constexprs, options))
+    triton.runtime.jit.JITFunction.run = run
+
+
+def _conv_launches():
+    from cvkernels.triton import conv as C
+    meta = "meta"
+    for dtype in (torch.bfloat16, torch.float32):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.empty(32, 64, 28, 28, device=meta, dtype=dtype).contiguous(memory_format=fmt)
+            for groups, w_shape in ((64, (64, 1, 3, 3)), (4, (64, 16, 3, 3))):
+                w = torch.empty(w_shape, device=meta, dtype=dtype)
+                b = torch.empty(64, device=meta, dtype=dtype)
+                C.conv2d(x, w, b, (1, 1), (1, 1), (1, 1), groups, (28, 28), 1)
+                dy = torch.empty(32, 64, 14, 14, device=meta, dtype=dtype).contiguous(memory_format=fmt)
+                C.conv2d_transposed(dy, w, None, list(x.shape), (2, 2), (1, 1), (1, 1), groups, 0)
+                C.conv2d_weight_grad(dy, x, list(w.shape), (2, 2), (1, 1), (1, 1), groups)
+
+
+def _resource_usage(cubin: bytes):
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out))
+    return {k.lower(): int(v) for k, v in found.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    launches = []
+    _capture(launches)
+    _conv_launches()
+    seen, rows, failures = set(), [], 0
+    for fn, signature, constexprs, options in launches:
+        key = (fn.fn.__name__, tuple(sorted(signature.items())), tuple(sorted((k, str(v)) for k, v in constexprs.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        label = f"{fn.fn.__name__} " + " ".join(f"{fn.arg_names[k[0]]}={v}" for k, v in constexprs.items()) + \
+            " " + ",".join(sorted({t for t in signature.values() if t.startswith("*")}))
+        try:
+            kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                    target=GPUTarget("cuda", args.arch, 32),
+                                    options={"num_warps": 4, "num_stages": 3, **options})
+            usage = _resource_usage(kernel.asm["cubin"])
+            usage["shared_bytes"] = kernel.metadata.shared
+            rows.append({"kernel": label, "ok": True, **usage})
+            print(f"ok    {label}  {usage}", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            failures += 1
+            rows.append({"kernel": label, "ok": False, "error": str(exc)[:2000]})
+            print(f"FAIL  {label}\n{str(exc)[:2000]}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    print(f"{len(rows) - failures} compiled, {failures} failed (sm_{args.arch}, triton {triton.__version__})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
