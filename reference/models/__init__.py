@@ -11,7 +11,8 @@ without an import cycle.
     m = models.create("resnet50", **models.get("resnet50").small_config)   # CPU-sized
     m, x = models.create_small("resnet50", batch=2)                        # the same + an input
 
-A registered entry (``ModelSpec``) carries the factory, a small configuration for CPU tests,
+A registered entry (``ModelSpec``) carries the factory, a small configuration for CPU tests (its
+dropout, where a model has any, is 0 so that train-mode runs of one model are deterministic),
 an ``example_input(batch, config) -> tensor`` for a given configuration, the cvkernels kernel
 families the model exercises (the ARCHITECTURES.md abbreviations: BNR, DW, GC, ...) and the
 figures the documents publish (``Figure``: value, where it is printed, relative tolerance, and
@@ -27,7 +28,8 @@ __all__ = ["Figure", "ModelSpec", "register", "list_models", "get", "create", "c
            "example_input"]
 
 # model modules that register models when imported (add new files here)
-_MODULES = ("resnet",)
+_MODULES = ("resnet", "alexnet", "mobilenet_v1", "xception", "shufflenet_v1", "efficientnet", "deeplab", "fcn",
+            "unet", "dcgan", "oct_denoiser")
 
 
 @dataclasses.dataclass(frozen=True)

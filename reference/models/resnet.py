@@ -31,6 +31,16 @@ parameters, fewer multiply-adds: the paper's FLOPs row is for v1).
 Every convolution in a block is followed by a separate ``nn.BatchNorm2d``, and the block's
 forward is written as BN -> ReLU and BN -> add -> ReLU with module calls in sequence, so
 ``torch.fx`` sees the BatchNorm2d->ReLU and BatchNorm2d->add->ReLU patterns cvkernels fuses.
+
+ResNeXt (Xie, Girshick, Dollar, Tu, He, "Aggregated Residual Transformations for Deep Neural
+Networks", CVPR 2017, arXiv:1611.05431; K l.412-421 grouped convolutions, K l.1447-1464
+cardinality, O l.156) is the same network with the bottleneck's 3x3 conv grouped: torchvision's
+``groups`` (cardinality C) and ``width_per_group`` (d) give a bottleneck of width
+int(planes * d / 64) * C (Fig. 3(c) of the paper). ResNeXt-50 32x4d has 25.0M parameters and
+4.2 GFLOPs (paper Table 1; torchvision 25,028,904 and 4.23 GFLOPS); K l.1371 prints 68.1M for
+its ResNeXt row (depths 29-101: not ResNeXt-50's count).
+``replace_stride_with_dilation`` (torchvision's option) trades the stride of stages 2-4 for dilation
+(the atrous backbones of DeepLab, Chen et al. 2017; reference/models/deeplab.py).
 """
 import torch
 from torch import nn
@@ -38,11 +48,13 @@ from torch import nn
 from . import Figure, register
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "PreActBasicBlock", "PreActBottleneck", "PreActResNet", "preact_resnet"]
+           "resnet152", "resnext50_32x4d", "resnext101_32x8d", "PreActBasicBlock", "PreActBottleneck",
+           "PreActResNet", "preact_resnet"]
 
 
-def conv3x3(in_planes, out_planes, stride=1):
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
+                     dilation=dilation, bias=False)
 
 
 def conv1x1(in_planes, out_planes, stride=1):
@@ -80,12 +92,15 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs (P l.1195-1201, 18/34-layer): conv-BN-ReLU-conv-BN, + shortcut, ReLU."""
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, stride_in_1x1=False):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, stride_in_1x1=False, groups=1, base_width=64,
+                 dilation=1):
         super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride)
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and width_per_group=64 (as torchvision)")
+        self.conv1 = conv3x3(inplanes, planes, stride, dilation=dilation)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
+        self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.stride = stride
@@ -105,17 +120,23 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 (reduce) - 3x3 - 1x1 (expand x4) (P l.1195-1201, 50/101/152-layer), + shortcut, ReLU."""
+    """1x1 (reduce) - 3x3 - 1x1 (expand x4) (P l.1195-1201, 50/101/152-layer), + shortcut, ReLU.
+
+    ResNeXt (groups=C, base_width=d): the reduced width is int(planes * d / 64) * C and the 3x3 conv
+    has C groups (torchvision's formula; C=1, d=64 is the plain ResNet bottleneck).
+    """
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, stride_in_1x1=False):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, stride_in_1x1=False, groups=1, base_width=64,
+                 dilation=1):
         super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = conv1x1(inplanes, planes, s1)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, s3)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.conv1 = conv1x1(inplanes, width, s1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, s3, groups, dilation)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -147,22 +168,33 @@ class ResNet(nn.Module):
     only where the shape changes, the paper's and torchvision's choice), 'A' (zero padding) or
     'C' (projection everywhere); zero_init_residual: the last BN of each block starts at zero
     (Goyal et al. 2017), as torchvision's option.
+    groups, width_per_group: ResNeXt's cardinality and per-group bottleneck width (torchvision's
+    names; 1 and 64 are the plain ResNet). replace_stride_with_dilation: three booleans (stages 2-4),
+    True replaces that stage's stride 2 by dilation (output stride 16: [False, False, True]).
     """
 
     def __init__(self, block, layers, num_classes=1000, width=64, in_channels=3, zero_init_residual=False,
-                 stride_in_1x1=False, shortcut="B"):
+                 stride_in_1x1=False, shortcut="B", groups=1, width_per_group=64, replace_stride_with_dilation=None):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"layers must list the blocks of 4 stages, got {layers}")
+        if replace_stride_with_dilation is None:
+            replace_stride_with_dilation = [False, False, False]
+        if len(replace_stride_with_dilation) != 3:
+            raise ValueError(f"replace_stride_with_dilation must have 3 entries, got {replace_stride_with_dilation}")
+        self.groups, self.base_width, self.dilation = groups, width_per_group, 1
         self.inplanes = width
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, width, layers[0], 1, stride_in_1x1, shortcut)
-        self.layer2 = self._make_layer(block, width * 2, layers[1], 2, stride_in_1x1, shortcut)
-        self.layer3 = self._make_layer(block, width * 4, layers[2], 2, stride_in_1x1, shortcut)
-        self.layer4 = self._make_layer(block, width * 8, layers[3], 2, stride_in_1x1, shortcut)
+        self.layer2 = self._make_layer(block, width * 2, layers[1], 2, stride_in_1x1, shortcut,
+                                       replace_stride_with_dilation[0])
+        self.layer3 = self._make_layer(block, width * 4, layers[2], 2, stride_in_1x1, shortcut,
+                                       replace_stride_with_dilation[1])
+        self.layer4 = self._make_layer(block, width * 8, layers[3], 2, stride_in_1x1, shortcut,
+                                       replace_stride_with_dilation[2])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
 
@@ -179,14 +211,21 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def _make_layer(self, block, planes, blocks, stride, stride_in_1x1, shortcut):
+    def _make_layer(self, block, planes, blocks, stride, stride_in_1x1, shortcut, dilate=False):
+        previous_dilation = self.dilation
+        if dilate:  # torchvision: the stage keeps its resolution; its first block's 3x3 keeps the previous
+            # rate, the others (and later stages) dilate by the stride it gave up
+            self.dilation *= stride
+            stride = 1
+        extra = dict(groups=self.groups, base_width=self.base_width)
         outplanes = planes * block.expansion
         downsample = _shortcut(shortcut, self.inplanes, outplanes, stride)
-        layers = [block(self.inplanes, planes, stride, downsample, stride_in_1x1)]
+        layers = [block(self.inplanes, planes, stride, downsample, stride_in_1x1, dilation=previous_dilation,
+                        **extra)]
         self.inplanes = outplanes
         for _ in range(1, blocks):
             layers.append(block(self.inplanes, planes, 1, _shortcut(shortcut, outplanes, outplanes, 1),
-                                stride_in_1x1))
+                                stride_in_1x1, dilation=self.dilation, **extra))
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -227,6 +266,22 @@ def resnet101(**kwargs):
 def resnet152(**kwargs):
     """ResNet-152: Bottleneck [3, 8, 36, 3]; 60.2M parameters, 11.3 GFLOPs (P l.1203)."""
     return ResNet(Bottleneck, [3, 8, 36, 3], **kwargs)
+
+
+def resnext50_32x4d(**kwargs):
+    """ResNeXt-50 (32x4d): Bottleneck [3, 4, 6, 3], cardinality 32, width 4 per group; 25.0M parameters,
+    4.2 GFLOPs (paper Table 1)."""
+    kwargs.setdefault("groups", 32)
+    kwargs.setdefault("width_per_group", 4)
+    return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
+
+
+def resnext101_32x8d(**kwargs):
+    """ResNeXt-101 (32x8d): Bottleneck [3, 4, 23, 3], cardinality 32, width 8 per group; 88.8M parameters,
+    16.41 GFLOPS (torchvision model card; the paper reports ResNeXt-101 32x4d and 64x4d, not 32x8d)."""
+    kwargs.setdefault("groups", 32)
+    kwargs.setdefault("width_per_group", 8)
+    return ResNet(Bottleneck, [3, 4, 23, 3], **kwargs)
 
 
 # ----------------------------------------------------------------------------- pre-activation
@@ -403,6 +458,35 @@ for _name, (_factory, _params, _src, _paper_g, _tv_g) in _RESNETS.items():
                                 note=_MAC_NOTE + "; v1.5 (stride on the 3x3 conv), the default here"),
         },
     )
+
+# ResNeXt: the stride is on the grouped 3x3 conv in the paper too (Sec. 3.3 / the fb.resnet.torch
+# code it builds on), so the paper's 4.2 GFLOPs and torchvision's 4.23 are the same structure.
+# Small config: 4 groups of 2 channels in stage 1 (int(16 * 8 / 64) * 4 = 8).
+_RESNEXT_SMALL = dict(width=16, groups=4, width_per_group=8, num_classes=10)
+register(
+    "resnext50_32x4d", resnext50_32x4d,
+    small_config=_RESNEXT_SMALL,
+    example_input=_image_input,
+    families=("GC", "BNR"),
+    figures={
+        "params": Figure(25.0e6, "paper: Xie et al. 2017, Table 1 (ResNeXt-50 32x4d)", 0.01,
+                         note="all parameters incl. BN affine and fc; torchvision: 25,028,904"),
+        "macs": Figure(4.2e9, "paper: Xie et al. 2017, Table 1", 0.02, input_shape=_IMAGENET, note=_MAC_NOTE),
+        "macs_torchvision": Figure(4.23e9, "torchvision model card (GFLOPS)", 0.01, input_shape=_IMAGENET,
+                                   note=_MAC_NOTE),
+    },
+)
+register(
+    "resnext101_32x8d", resnext101_32x8d,
+    small_config=_RESNEXT_SMALL,
+    example_input=_image_input,
+    families=("GC", "BNR"),
+    figures={
+        "params": Figure(88.79e6, "torchvision model card (resnext101_32x8d: 88,791,336)", 0.001,
+                         note="all parameters incl. BN affine and fc"),
+        "macs": Figure(16.41e9, "torchvision model card (GFLOPS)", 0.01, input_shape=_IMAGENET, note=_MAC_NOTE),
+    },
+)
 
 register(
     "preact_resnet110", preact_resnet110,
