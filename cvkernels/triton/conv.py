@@ -351,11 +351,22 @@ def _strides4(t):
 
 
 def memory_format_of(t):
-    """channels_last when t's channels are its innermost dimension (as torch's
-    suggest_memory_format decides for convolutions), else contiguous."""
-    if t.dim() == 4 and not t.is_contiguous() and t.shape[1] > 1 and t.stride(1) <= min(t.stride(2), t.stride(3)):
-        return torch.channels_last
-    return torch.contiguous_format
+    """torch's ``suggest_memory_format`` (ATen's rule, which cuDNN convolutions and the CUDA C++
+    kernels follow): channels_last when t's strides order its dims C, W, H, N from the innermost,
+    size-1 dims fitting either way; contiguous otherwise."""
+    if t.dim() != 4:
+        return torch.contiguous_format
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return torch.contiguous_format
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return torch.contiguous_format
+        if d == 0 and smallest == strides[1]:  # N and C strides tie: ambiguous, not channels_last
+            return torch.contiguous_format
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return torch.channels_last
 
 
 def empty_conv_output(shape, like):
