@@ -180,34 +180,36 @@ def _dw_weight_grad_kernel(
     dy_ptr, x_ptr, part_ptr,
     P, C_out, H, W, OH, OW, M,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_tiles, tiles_per_split,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_taps, taps_per_program, num_tiles, tiles_per_split,
     IDX: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # program (tap, channel block, split): partial[split, tap, co] = sum over its pixel tiles
-    tap = tl.program_id(0)
-    kh = tap // KW
-    kw = tap % KW
+    # program (tap group, channel block, split): partial[split, tap, co] = sum over its pixel
+    # tiles, for each tap of its group (one tap per program on a GPU; all of them in the
+    # interpreter, whose cost is per program)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
     mask_c = offs_c < C_out
     co = offs_c.to(IDX)
     ci = co // M
-    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     t_begin = split.to(IDX) * tiles_per_split  # IDX loop index: t * BLOCK_P can pass 2**31
     t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
-    for t in range(t_begin, t_end):
-        offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
-        n, oh, ow = _pixel_coords(offs_p, OH, OW)
-        ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
-        iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
-        mask_p = offs_p < P
-        g = tl.load(dy_ptr + (n * sdn + oh * sdh + ow * sdw)[:, None] + co[None, :] * sdc,
-                    mask=mask_p[:, None] & mask_c[None, :], other=0.0)
-        ok = (mask_p & ok_h & ok_w)[:, None] & mask_c[None, :]
-        xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc, mask=ok, other=0.0)
-        acc += g.to(ACC) * xv.to(ACC)
-    num_taps = tl.num_programs(0)
-    tl.store(part_ptr + (split * num_taps + tap) * C_out + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+    tap_begin = tl.program_id(0) * taps_per_program
+    for tap in range(tap_begin, tl.minimum(tap_begin + taps_per_program, num_taps)):
+        kh = tap // KW
+        kw = tap % KW
+        acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+        for t in range(t_begin, t_end):
+            offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
+            n, oh, ow = _pixel_coords(offs_p, OH, OW)
+            ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
+            iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
+            mask_p = offs_p < P
+            g = tl.load(dy_ptr + (n * sdn + oh * sdh + ow * sdw)[:, None] + co[None, :] * sdc,
+                        mask=mask_p[:, None] & mask_c[None, :], other=0.0)
+            ok = (mask_p & ok_h & ok_w)[:, None] & mask_c[None, :]
+            xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc, mask=ok, other=0.0)
+            acc += g.to(ACC) * xv.to(ACC)
+        tl.store(part_ptr + (split * num_taps + tap) * C_out + offs_c, tl.sum(acc, axis=0), mask=mask_c)
 
 
 # ----------------------------------------------------------------------------- implicit GEMM
@@ -304,16 +306,13 @@ def _conv_weight_grad_gemm_kernel(
     dy_ptr, x_ptr, part_ptr,
     P, C_in_g, C_out_g, H, W, OH, OW,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_tiles, tiles_per_split, num_splits,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KW, num_taps, taps_per_program,
+    num_tiles, tiles_per_split, num_splits,
     IDX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # program (tap, (co block, ci block), (group, split)):
+    # program (tap group, (co block, ci block), (group, split)), for each tap of its group:
     #   partial[g, split, co, ci, tap] = sum over its pixel tiles of dy[co, pixels] @ x[pixels @ tap, ci]
-    tap = tl.program_id(0)
-    num_taps = tl.num_programs(0)
-    kh = tap // KW
-    kw = tap % KW
     blocks_n = tl.cdiv(C_in_g, BLOCK_N)
     pid_m = tl.program_id(1) // blocks_n
     pid_n = tl.program_id(1) % blocks_n
@@ -325,23 +324,27 @@ def _conv_weight_grad_gemm_kernel(
     mask_ci = offs_ci < C_in_g
     co = g.to(IDX) * C_out_g + offs_co
     ci = g.to(IDX) * C_in_g + offs_ci
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
-    t_begin = split.to(IDX) * tiles_per_split
-    t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
-    for t in range(t_begin, t_end):
-        offs_p = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_p = offs_p < P
-        n, oh, ow = _pixel_coords(offs_p, OH, OW)
-        ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
-        iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
-        ok = mask_p & ok_h & ok_w
-        a = tl.load(dy_ptr + co[:, None] * sdc + (n * sdn + oh * sdh + ow * sdw)[None, :],
-                    mask=mask_co[:, None] & mask_p[None, :], other=0.0)
-        b = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc,
-                    mask=ok[:, None] & mask_ci[None, :], other=0.0)
-        acc += _dot(a, b, PRECISION, ACC, UPCAST)
-    out = ((tl.program_id(2).to(IDX) * C_out_g + offs_co[:, None]) * C_in_g + offs_ci[None, :]) * num_taps + tap
-    tl.store(part_ptr + out, acc, mask=mask_co[:, None] & mask_ci[None, :])
+    tap_begin = tl.program_id(0) * taps_per_program
+    for tap in range(tap_begin, tl.minimum(tap_begin + taps_per_program, num_taps)):
+        kh = tap // KW
+        kw = tap % KW
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+        t_begin = split.to(IDX) * tiles_per_split
+        t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
+        for t in range(t_begin, t_end):
+            offs_p = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            mask_p = offs_p < P
+            n, oh, ow = _pixel_coords(offs_p, OH, OW)
+            ih, ok_h = _gather_coord(oh, pad_h, kh, dil_h, stride_h, H)
+            iw, ok_w = _gather_coord(ow, pad_w, kw, dil_w, stride_w, W)
+            ok = mask_p & ok_h & ok_w
+            a = tl.load(dy_ptr + co[:, None] * sdc + (n * sdn + oh * sdh + ow * sdw)[None, :],
+                        mask=mask_co[:, None] & mask_p[None, :], other=0.0)
+            b = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc,
+                        mask=ok[:, None] & mask_ci[None, :], other=0.0)
+            acc += _dot(a, b, PRECISION, ACC, UPCAST)
+        out = ((tl.program_id(2).to(IDX) * C_out_g + offs_co[:, None]) * C_in_g + offs_ci[None, :]) * num_taps + tap
+        tl.store(part_ptr + out, acc, mask=mask_co[:, None] & mask_ci[None, :])
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -524,9 +527,10 @@ def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
         num_tiles = triton.cdiv(P, bp)
         num_splits, per_split = splits_for(x.device, num_tiles, taps * c_blocks)
         part = torch.empty((num_splits, taps, C_out), dtype=acc, device=x.device)
-        _dw_weight_grad_kernel[(taps, c_blocks, num_splits)](
+        per_program = taps if interpreted(x.device) else 1
+        _dw_weight_grad_kernel[(triton.cdiv(taps, per_program), c_blocks, num_splits)](
             dy, x, part, P, C_out, H, W, OH, OW, C_out // C_in,
-            *_strides4(dy), *_strides4(x), *common, num_tiles, per_split,
+            *_strides4(dy), *_strides4(x), *common, taps, per_program, num_tiles, per_split,
             IDX=_index_type(dy, x, part), ACC=acc_dtype(x.dtype), BLOCK_P=bp, BLOCK_C=bc)
         return part.sum(0).t().contiguous().view(weight_size).to(x.dtype)
     C_out_g = C_out // groups
@@ -537,9 +541,10 @@ def conv2d_weight_grad(dy, x, weight_size, stride, padding, dilation, groups):
     num_tiles = triton.cdiv(P, bk)
     num_splits, per_split = splits_for(x.device, num_tiles, taps * mn_blocks * groups)
     part = torch.empty((groups * num_splits, C_out_g, C_in_g, taps), dtype=acc, device=x.device)
-    _conv_weight_grad_gemm_kernel[(taps, mn_blocks, groups * num_splits)](
+    per_program = taps if interpreted(x.device) else 1
+    _conv_weight_grad_gemm_kernel[(triton.cdiv(taps, per_program), mn_blocks, groups * num_splits)](
         dy, x, part, P, C_in_g, C_out_g, H, W, OH, OW,
-        *_strides4(dy), *_strides4(x), *common, num_tiles, per_split, num_splits,
+        *_strides4(dy), *_strides4(x), *common, taps, per_program, num_tiles, per_split, num_splits,
         IDX=_index_type(dy, x, part), ACC=acc_dtype(x.dtype), PRECISION=_precision(x), UPCAST=_upcast(x), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     dw = part.view(groups, num_splits, C_out_g, C_in_g, taps).sum(1)
     return dw.reshape(weight_size).to(x.dtype)
