@@ -151,6 +151,42 @@ def test_statistics_are_sound_for_large_mean(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_statistics_are_accurate_over_long_reductions(backend, layout):
+    """2048 values per channel (a tile of 1024 rows), |mean| up to ~5 std: the saved mean and
+    invstd within a few ulps of the exact ones, the output within a few ulps of float64.
+
+    Regression (bench/NOTES.md, "deep-model gradient drift"): the Triton statistics were each
+    tile's sum(x) / n in fp32 (a running sum down 1024 rows on the interpreter) merged in fp32,
+    6-35 ulps of std off, the output up to 35 ulps; the fp32 tolerance of the other tests hid it,
+    while over 30-50 layers it tripled the models' drift from float64 and flipped ReLUs.
+    """
+    device = _device_for(backend)
+    ulp = torch.finfo(torch.float32).eps
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for shape in ((2, 4, 32, 32), (4, 8, 32, 32)):
+        C = shape[1]
+        x = make_input(shape, torch.float32, device, layout, scale=0.5, shift=1.5)
+        x = (x + torch.linspace(-1, 1, C, device=device).view(1, C, 1, 1)).contiguous(memory_format=memory_format)
+        w = (torch.rand(C, device=device) + 0.5)
+        b = torch.randn(C, device=device) * 0.1
+        rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+        fwd, _ = bn_ops._ops(backend)
+        y, mean, invstd = fwd(x, w, b, None, rm, rv, True, 1.0, 1e-5)
+        xd = x.double()
+        var, mu = torch.var_mean(xd, dim=(0, 2, 3), correction=0)
+        exact_invstd = torch.rsqrt(var + 1e-5)
+        mean_err = ((mean.double() - mu).abs() / var.sqrt()).max().item() / ulp
+        invstd_err = ((invstd.double() - exact_invstd).abs() / exact_invstd).max().item() / ulp
+        assert mean_err < 4, f"{shape}: mean {mean_err:.1f} ulps of std off"
+        assert invstd_err < 4, f"{shape}: invstd {invstd_err:.1f} ulps off"
+        torch.testing.assert_close(rv.double(), xd.var(dim=(0, 2, 3), correction=1), rtol=4 * ulp, atol=0)
+        expected = ref.batch_norm_relu(xd, None, None, w.double(), b.double(), True)
+        out_err = max_err(y, expected) / ulp  # |y| < 8: 1 ulp is at most 4 * eps
+        assert out_err < 12, f"{shape}: output {out_err:.1f} eps off"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_running_stats_in_low_precision(backend):
     """model.half(): running stats in fp16 are read and written in their own dtype."""
     device = _device_for(backend)

@@ -9,9 +9,10 @@ Passes over memory (x, y, g of the input's size; everything else is O(C)):
   training forward   stats (read x) -> finalize (O(C)) -> apply (read x [+res], write y)
   eval forward       apply (read x [+res], write y), per-channel scale computed in the tile
   backward           reduce (read g, y, x) -> dx (read g, y, x, write dx [+ grad_res])
-Statistics are accumulated in fp32 (fp64 for fp64 input). The batch variance is merged
-from per-tile (count, mean, M2) triples with Chan's parallel formula, so it stays exact
-for large N*H*W and |mean| >> std, unlike sum/sum-of-squares.
+Each tile's (count, mean, M2) is taken in fp32 (fp64 for fp64 input) with the corrected
+two-pass algorithm; the tiles are merged with Chan's parallel formula in fp64, so mean and
+variance stay within a few ulps for large N*H*W and |mean| >> std (the C++ kernel's scheme).
+The backward's per-channel sums accumulate in fp32 (fp64 for fp64 input).
 """
 import functools
 
@@ -32,31 +33,54 @@ def _tile_ptrs(base, t, SB, S, sN, sC, sS, offs_c, mask_c, BLOCK_S: tl.constexpr
 
 
 @triton.jit
+def _row_sum(v, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ROW_GROUP: tl.constexpr):
+    """Sum of a [BLOCK_S, BLOCK_C] tile over its rows.
+
+    ROW_GROUP > 1 (on the interpreter) sums groups of ROW_GROUP rows first: the interpreter runs
+    tl.sum(axis=0) as numpy's running sum down all BLOCK_S rows, whose rounding error grows with
+    BLOCK_S (sum of 1024 squares: ~20 ulps); two levels of ~sqrt(BLOCK_S) rows keep it near a
+    GPU's, which adds a few rows per thread and combines the threads in a tree (ROW_GROUP = 1).
+    """
+    if ROW_GROUP > 1:
+        v = tl.sum(tl.reshape(v, [BLOCK_S // ROW_GROUP, ROW_GROUP, BLOCK_C]), axis=1)
+    return tl.sum(v, axis=0)
+
+
+@triton.jit
 def _bn_stats_partial_kernel(
     x_ptr, part_cnt_ptr, part_mean_ptr, part_m2_ptr,
     C, S, SB, sN, sC, sS, num_tiles, tiles_per_split,
-    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ROW_GROUP: tl.constexpr,
 ):
     split = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    cnt = tl.zeros([BLOCK_C], dtype=ACC)
-    mean = tl.zeros([BLOCK_C], dtype=ACC)
-    m2 = tl.zeros([BLOCK_C], dtype=ACC)
+    # the merged (count, mean, M2) are float64 whatever the input: a tile's moments are
+    # accurate to ~1 ulp of std, but merging them in fp32 rounds the mean by ~ulp(|mean|) per tile
+    cnt = tl.zeros([BLOCK_C], dtype=tl.float64)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float64)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float64)
     t_begin = split * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, num_tiles)
     for t in range(t_begin, t_end):
         ptrs, mask, sb = _tile_ptrs(x_ptr, t, SB, S, sN, sC, sS, offs_c, mask_c, BLOCK_S)
         x = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
         n_tile = tl.minimum(S - sb * BLOCK_S, BLOCK_S).to(ACC)
-        tile_mean = tl.sum(x, axis=0) / n_tile
-        d = tl.where(mask, x - tile_mean[None, :], 0.0)
-        tile_m2 = tl.sum(d * d, axis=0)
-        # Chan et al.: merge (cnt, mean, m2) with (n_tile, tile_mean, tile_m2)
-        total = cnt + n_tile
+        # corrected two-pass (Chan, Golub & LeVeque), as the C++ kernel: m0 = sum(x) / n carries
+        # the rounding error of an fp32 sum of n values of size |mean|; the deviations' sum
+        # corrects it, so the tile mean is accurate to ~eps * std, not ~eps * |mean| * sqrt(n)
+        m0 = _row_sum(x, BLOCK_S, BLOCK_C, ROW_GROUP) / n_tile
+        d = tl.where(mask, x - m0[None, :], 0.0)
+        d_sum = _row_sum(d, BLOCK_S, BLOCK_C, ROW_GROUP).to(tl.float64)
+        d_sq = _row_sum(d * d, BLOCK_S, BLOCK_C, ROW_GROUP).to(tl.float64)
+        n_b = n_tile.to(tl.float64)
+        tile_mean = m0.to(tl.float64) + d_sum / n_b
+        tile_m2 = tl.maximum(d_sq - d_sum * d_sum / n_b, 0.0)
+        # Chan et al.: merge (cnt, mean, m2) with (n_b, tile_mean, tile_m2)
+        total = cnt + n_b
         delta = tile_mean - mean
-        mean += delta * (n_tile / total)
-        m2 += tile_m2 + delta * delta * (cnt * n_tile / total)
+        mean += delta * (n_b / total)
+        m2 += tile_m2 + delta * delta * (cnt * n_b / total)
         cnt = total
     out = split * C + offs_c
     tl.store(part_cnt_ptr + out, cnt, mask=mask_c)
@@ -70,11 +94,13 @@ def _bn_stats_finalize_kernel(
     mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, momentum, eps,
     HAS_RUNNING: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # the partials are float64 (see _bn_stats_partial_kernel); mean, invstd and the running
+    # statistics are rounded once, at the end
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    cnt = tl.zeros([BLOCK_C], dtype=ACC)
-    mean = tl.zeros([BLOCK_C], dtype=ACC)
-    m2 = tl.zeros([BLOCK_C], dtype=ACC)
+    cnt = tl.zeros([BLOCK_C], dtype=tl.float64)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float64)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float64)
     for split in range(0, num_splits):
         idx = split * C + offs_c
         n_b = tl.load(part_cnt_ptr + idx, mask=mask_c, other=0.0)
@@ -89,11 +115,11 @@ def _bn_stats_finalize_kernel(
     safe_cnt = tl.where(cnt > 0, cnt, 1.0)  # lanes past C
     var = m2 / safe_cnt
     invstd = 1.0 / tl.sqrt(var + eps)
-    tl.store(mean_ptr + offs_c, mean, mask=mask_c)
-    tl.store(invstd_ptr + offs_c, invstd, mask=mask_c)
+    tl.store(mean_ptr + offs_c, mean.to(mean_ptr.dtype.element_ty), mask=mask_c)
+    tl.store(invstd_ptr + offs_c, invstd.to(invstd_ptr.dtype.element_ty), mask=mask_c)
     if HAS_RUNNING:
-        rm = tl.load(running_mean_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
-        rv = tl.load(running_var_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+        rm = tl.load(running_mean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float64)
+        rv = tl.load(running_var_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float64)
         unbiased = m2 / tl.where(cnt > 1, cnt - 1.0, 1.0)
         rm = (1.0 - momentum) * rm + momentum * mean
         rv = (1.0 - momentum) * rv + momentum * unbiased
@@ -154,7 +180,7 @@ def _bn_relu_bwd_reduce_kernel(
     g_ptr, y_ptr, x_ptr, mean_ptr, invstd_ptr, part_db_ptr, part_dw_ptr,
     C, S, SB, num_tiles, tiles_per_split,
     sgN, sgC, sgS, syN, syC, syS, sxN, sxC, sxS,
-    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ROW_GROUP: tl.constexpr,
 ):
     split = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -172,8 +198,8 @@ def _bn_relu_bwd_reduce_kernel(
         y = tl.load(y_ptrs, mask=mask, other=0.0)
         g = tl.where(y > 0, tl.load(g_ptrs, mask=mask, other=0.0).to(ACC), 0.0)
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
-        sum_g += tl.sum(g, axis=0)
-        sum_g_xhat += tl.sum(g * (x - mean[None, :]), axis=0) * invstd
+        sum_g += _row_sum(g, BLOCK_S, BLOCK_C, ROW_GROUP)
+        sum_g_xhat += _row_sum(g * (x - mean[None, :]), BLOCK_S, BLOCK_C, ROW_GROUP) * invstd
     out = split * C + offs_c
     tl.store(part_db_ptr + out, sum_g, mask=mask_c)
     tl.store(part_dw_ptr + out, sum_g_xhat, mask=mask_c)
@@ -320,6 +346,8 @@ class _Geometry:
         self.num_tiles = N * self.SB
         self.c_blocks = triton.cdiv(C, self.block_c)
         self.acc = _acc(x.dtype)
+        # rows per group of the reductions' two-level row sums on the interpreter (see _row_sum)
+        self.row_group = 1 if x.device.type != "cpu" else 1 << (self.block_s.bit_length() - 1) // 2
 
     def view(self, t):
         return _view_like(t, self.collapse)
@@ -360,11 +388,11 @@ def bn_relu_forward(input, weight, bias, residual, running_mean, running_var, tr
     weight, bias = _contig_1d(weight), _contig_1d(bias)
     if training:
         num_splits, tiles_per_split = geo.splits(x)
-        parts = torch.empty((3, num_splits, C), dtype=sdt, device=x.device)
+        parts = torch.empty((3, num_splits, C), dtype=torch.float64, device=x.device)
         _bn_stats_partial_kernel[(num_splits, geo.c_blocks)](
             xv, parts[0], parts[1], parts[2], C, geo.S, geo.SB, *_strides(xv),
             geo.num_tiles, tiles_per_split,
-            ACC=geo.acc, BLOCK_S=geo.block_s, BLOCK_C=geo.block_c)
+            ACC=geo.acc, BLOCK_S=geo.block_s, BLOCK_C=geo.block_c, ROW_GROUP=geo.row_group)
         has_running = running_mean is not None
         rm = _contig_1d(running_mean) if has_running else mean
         rv = _contig_1d(running_var) if has_running else invstd
@@ -418,7 +446,7 @@ def bn_relu_backward(grad_output, output, input, weight, save_mean, save_invstd,
         gv, yv, xv, mean, invstd, parts[0], parts[1],
         C, geo.S, geo.SB, geo.num_tiles, tiles_per_split,
         *_strides(gv), *_strides(yv), *_strides(xv),
-        ACC=geo.acc, BLOCK_S=geo.block_s, BLOCK_C=geo.block_c)
+        ACC=geo.acc, BLOCK_S=geo.block_s, BLOCK_C=geo.block_c, ROW_GROUP=geo.row_group)
     sums = parts.sum(dim=1)  # (2, C): sum(g), sum(g * xhat)
     dxv, dx_tmp = _out_view(dx, geo.collapse)
     drv, dr_tmp = _out_view(dres, geo.collapse) if has_residual else (dxv, None)
