@@ -33,6 +33,8 @@ FAMILIES = {
     "depthwise_conv2d": {"gpu": ("triton", "cuda"), "cpu": ("triton",)},
     "conv2d": {"gpu": ("triton",), "cpu": ("triton",)},
     "conv_transpose2d": {"gpu": ("triton",), "cpu": ("triton",)},
+    "flash_attention": {"gpu": ("triton",), "cpu": ("triton",)},
+    "window_attention": {"gpu": ("triton",), "cpu": ("triton",)},
 }
 
 # the CUDA C++ op whose registration says a family's "cuda" backend was built

@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _dispatch
 from .nn.batch_norm import BatchNormReLU, SyncBatchNormReLU
+from .nn.attention import MultiheadAttention, vit_attention_forward
 from .nn.conv import Conv2d, ConvTranspose2d
 
 log = logging.getLogger("cvkernels")
@@ -203,19 +204,24 @@ def _conv_wins(conv):
     return conv.groups > 1 or tuple(conv.dilation) != (1, 1)
 
 
+def _family_backend(family, backend):
+    """`backend` if `family` has it (or it is "torch"), else None (automatic)."""
+    if backend is None or backend == "torch":
+        return backend
+    impls = _dispatch.FAMILIES[family]
+    return backend if backend in impls["gpu"] + impls["cpu"] else None
+
+
 def _conv_backend(module, backend):
     """`backend` if the module's conv family has it (or it is "torch"), else None (automatic):
     convert(model, backend="cpp") names the BatchNorm backend; convolutions have no C++ one."""
-    if backend is None or backend == "torch":
-        return backend
     if isinstance(module, nn.ConvTranspose2d):
         family = "conv_transpose2d"
     elif module.groups > 1 and module.groups == module.in_channels:
         family = "depthwise_conv2d"
     else:
         family = "conv2d"
-    impls = _dispatch.FAMILIES[family]
-    return backend if backend in impls["gpu"] + impls["cpu"] else None
+    return _family_backend(family, backend)
 
 
 def _swap_conv(module, backend):
@@ -249,7 +255,80 @@ def _convert_convs(model, shared, backend):
             _fuse_conv_activation(module, shared)
 
 
-def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True) -> nn.Module:
+def _is_vit_attention(m):
+    """A timm-style ViT ``Attention``: qkv / proj Linear, num_heads x head_dim, q/k norms, dropouts."""
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    heads, head_dim = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+    return (type(m).__name__ == "Attention" and isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)
+            and isinstance(heads, int) and isinstance(head_dim, int) and qkv.out_features == 3 * heads * head_dim
+            and all(isinstance(getattr(m, a, None), nn.Module) for a in ("q_norm", "k_norm", "proj_drop"))
+            and isinstance(getattr(m, "attn_drop", None), nn.Dropout) and hasattr(m, "scale"))
+
+
+# kind -> (the family that runs it, {method name: replacement}); window kinds are added by
+# cvkernels.nn.window_attention when it is importable
+_ROUTES = {"vit_attention": ("flash_attention", {"forward": vit_attention_forward})}
+_ROUTED_CLASSES = {}
+
+
+def _routed_class(base, kind):
+    """A subclass of `base` whose methods named in _ROUTES[kind] run on cvkernels (isinstance and
+    the class name are kept; instances deep-copy and pickle by rebuilding from `base`)."""
+    if getattr(base, "_cvk_routed_base", None) is not None:
+        return base
+    key = (base, kind)
+    if key not in _ROUTED_CLASSES:
+        _ROUTED_CLASSES[key] = type(base.__name__, (base,), {
+            **_ROUTES[kind][1], "_cvk_routed_base": base, "_cvk_routed_kind": kind,
+            "__reduce_ex__": _reduce_routed, "__module__": base.__module__, "__qualname__": base.__qualname__,
+            "__doc__": base.__doc__})
+    return _ROUTED_CLASSES[key]
+
+
+def _route(module, kind, backend):
+    module.__class__ = _routed_class(type(module), kind)
+    module.__dict__["_cvk_backend"] = _family_backend(_ROUTES[kind][0], backend)
+    module.__dict__["_cvkernels_kernel"] = _ROUTES[kind][0]
+
+
+def _reduce_routed(self, protocol):
+    cls = type(self)
+    return _rebuild_routed, (cls._cvk_routed_base, dict(self.__dict__), cls._cvk_routed_kind)
+
+
+def _rebuild_routed(base, state, kind):
+    module = base.__new__(base)
+    module.__dict__.update(state)
+    module.__class__ = _routed_class(base, kind)
+    return module
+
+
+def _attention_kind(module):
+    if getattr(type(module), "_cvk_routed_base", None) is not None:
+        return None
+    if _is_vit_attention(module):
+        return "vit_attention"
+    for kind, (_, _, matches) in _WINDOW_ROUTES.items():
+        if matches(module):
+            return kind
+    return None
+
+
+_WINDOW_ROUTES = {}
+
+
+def _convert_attention(model, backend):
+    for module in model.modules():
+        if type(module) is nn.MultiheadAttention:
+            MultiheadAttention.from_module(module, backend=_family_backend("flash_attention", backend))
+            module.__dict__["_cvkernels_kernel"] = "flash_attention"
+            continue
+        kind = _attention_kind(module)
+        if kind is not None:
+            _route(module, kind, backend)
+
+
+def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attention=True) -> nn.Module:
     """Routes the supported operators of ``model`` to cvkernels kernels; returns the model.
 
     Modifies ``model`` in place and returns it. Parameters and buffers are the same objects
@@ -264,12 +343,18 @@ def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True) -> nn.Mo
         backend: force a backend for the swapped-in modules (None = automatic dispatch).
         bn_relu: fuse BatchNorm→ReLU and BatchNorm→add→ReLU.
         conv: route depthwise / grouped / dilated Conv2d and ConvTranspose2d to cvkernels.
+        attention: nn.MultiheadAttention becomes cvkernels.nn.MultiheadAttention (flash kernel on
+            its need_weights=False path); timm-style ViT ``Attention`` modules run their attention
+            on the flash kernel; Swin ``WindowAttention`` / ``SwinTransformerBlock`` (timm's names
+            and attributes) run the fused shifted-window kernel.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
     shared = _shared_modules(model)
     if conv:
         _convert_convs(model, shared, backend)
+    if attention:
+        _convert_attention(model, backend)
     if bn_relu:
         _convert_bn_relu(model, shared, backend)
     return model

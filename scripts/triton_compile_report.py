@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compiles every Triton kernel launch of the conv family for a GPU target, without a GPU.
+"""Compiles every Triton kernel launch of the conv and attention families for a GPU target, without a GPU.
 
 The launchers run on "meta" tensors (which get the GPU's launch parameters, see
 cvkernels/triton/_common.py); each kernel launch is captured instead of run, and compiled
@@ -72,6 +72,29 @@ def _conv_launches():
                 C.conv2d_weight_grad(dy, x, list(w.shape), (2, 2), (1, 1), (1, 1), groups)
 
 
+def _attention_launches():
+    from cvkernels.triton import flash_attention as A
+    meta = "meta"
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for D in (64, 128) if dtype != torch.float32 else (64,):
+            q = torch.empty(4, 8, 1024, D, device=meta, dtype=dtype)
+            out, lse = A.forward(q, q, q, None, None, 0.125, True, 0, 0.0)
+            A.backward(out, q, q, q, out, lse, None, None, 0.125, True, 0, 0.0, False)
+    q = torch.empty(4, 1024, 8, 80, device=meta, dtype=torch.bfloat16).transpose(1, 2)  # (B, N, H, D) layout
+    bias = torch.empty(1, 8, 1024, 1024, device=meta, dtype=torch.bfloat16).expand(4, 8, 1024, 1024)
+    keep = torch.empty(4, 1, 1, 1024, device=meta, dtype=torch.bool).expand(4, 8, 1024, 1024)
+    seed = torch.empty(1, device=meta, dtype=torch.int64)
+    for mask, dropout in ((bias, 0.0), (keep, 0.1)):
+        out, lse = A.forward(q, q, q, mask, seed, 0.11, False, 0, dropout)
+        A.backward(out, q, q, q, out, lse, mask, seed, 0.11, False, 0, dropout, mask is bias)
+    q = torch.empty(2, 4, 512, 256, device=meta, dtype=torch.bfloat16)
+    out, lse = A.forward(q, q, q, None, None, 0.06, False, 0, 0.0)
+    A.backward(out, q, q, q, out, lse, None, None, 0.06, False, 0, 0.0, False)
+
+
+_FAMILIES = {"conv": _conv_launches, "attention": _attention_launches}
+
+
 def _resource_usage(cubin: bytes):
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
@@ -88,10 +111,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--family", action="append", choices=sorted(_FAMILIES), default=None,
+                        help="only these families (default: all)")
     args = parser.parse_args(argv)
     launches = []
     _capture(launches)
-    _conv_launches()
+    for family in args.family or sorted(_FAMILIES):
+        _FAMILIES[family]()
     seen, rows, failures = set(), [], 0
     for fn, signature, constexprs, options in launches:
         key = (fn.fn.__name__, tuple(sorted(signature.items())), tuple(sorted((k, str(v)) for k, v in constexprs.items())))

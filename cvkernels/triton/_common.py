@@ -20,6 +20,21 @@ def _num_sms(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@triton.jit
+def dot(a, b, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """tl.dot with `ACC` accumulation; UPCAST: bf16 tl.dot is wrong in the CPU interpreter
+    (triton 3.9), so there the operands go to fp32 first (products of bf16 values are exact)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+
+
+def upcast_dot(t):
+    """The UPCAST argument of `dot` for operands of tensor `t`'s dtype and device."""
+    return t.dtype == torch.bfloat16 and interpreted(t.device)
+
+
 def interpreted(device):
     """Whether kernels for tensors on `device` run in the CPU interpreter. Launch parameters are
     chosen for the interpreter (few, big programs) or for a GPU; "meta" tensors get the GPU's

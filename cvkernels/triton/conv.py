@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, interpreted, next_pow2, splits_for
+from ._common import acc_dtype, dot as _dot, interpreted, next_pow2, splits_for, upcast_dot as _upcast
 
 ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2, "silu": 3}
 
@@ -83,14 +83,6 @@ def _phase_pixels(offs, phase, N, H, W, stride_h, stride_w, pad_h, pad_w, IDX: t
     n, jh, jw = _pixel_coords(offs, tl.maximum(HJ, 1), tl.maximum(WJ, 1))
     valid = offs < N.to(IDX) * HJ * WJ
     return n, base_h + jh * stride_h, base_w + jw * stride_w, valid, r_h, r_w
-
-
-@triton.jit
-def _dot(a, b, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
-    if UPCAST:  # bf16 tl.dot is wrong in the CPU interpreter (triton 3.9); fp32 products of bf16 are exact
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
 
 
 @triton.jit
@@ -393,10 +385,6 @@ def _index_type(*tensors):
     for t in tensors:
         span = max(span, t.numel(), 1 + sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride()) if d > 0))
     return tl.int64 if span >= 2**31 - 1 else tl.int32
-
-
-def _upcast(t):
-    return t.dtype == torch.bfloat16 and interpreted(t.device)
 
 
 def is_depthwise(weight, groups):
