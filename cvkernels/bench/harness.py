@@ -50,6 +50,7 @@ CSV_COLUMNS = (
 # family name -> module with ``FAMILY`` and ``cases(device, quick=False, dtypes=None)``
 # (optionally ``describe(device) -> str``). Add new families here.
 SUITES = {
+    "attention": "cvkernels.bench.attention",
     "batch_norm": "cvkernels.bench.batch_norm",
     "conv": "cvkernels.bench.conv",
 }
@@ -57,6 +58,7 @@ ALIASES = {
     "bn": "batch_norm", "bn_relu": "batch_norm", "bn_add_relu": "batch_norm",
     "batch_norm_relu": "batch_norm", "batchnorm": "batch_norm",
     "conv2d": "conv", "depthwise": "conv", "conv_transpose2d": "conv", "convolution": "conv",
+    "flash_attention": "attention", "sdpa": "attention", "window_attention": "attention", "swin": "attention",
 }
 
 DTYPE_NAMES = {
