@@ -162,9 +162,65 @@ def _conv_cases(device):
                 yield family, backend, label, dtype, run
 
 
+# ----------------------------------------------------------------------------- attention
+
+# B, H, Hkv, Nq, Nk, D, causal, mask ("bool" / "float" / None)
+_ATTENTION_CONFIGS = (
+    (2, 2, 2, 197, 197, 64, False, None),      # ViT-B/16 tokens
+    (1, 4, 2, 77, 130, 80, True, None),        # GQA, cross, causal, head dim 80
+    (2, 2, 2, 49, 49, 32, False, "float"),     # Swin-sized window with an additive bias
+    (1, 2, 1, 33, 65, 128, False, "bool"),     # MQA, key padding
+)
+
+
+def _attention_cases(device):
+    from reference.ops import attention as ref
+
+    from .ops.attention import scaled_dot_product_attention as sdpa
+    import torch.nn.functional as F
+
+    for backend in _backends_here("flash_attention", device):
+        for config in _ATTENTION_CONFIGS:
+            B, H, Hkv, Nq, Nk, D, causal, mask_kind = config
+            label = f"{B}x{H}/{Hkv}x{Nq}x{Nk}x{D}" + (" causal" if causal else "") + (f" {mask_kind}" if mask_kind else "")
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                def run(B=B, H=H, Hkv=Hkv, Nq=Nq, Nk=Nk, D=D, causal=causal, mask_kind=mask_kind, dtype=dtype,
+                        backend=backend):
+                    gen = torch.Generator().manual_seed(0)
+                    q64, k64, v64 = (torch.randn(B, h, n, D, generator=gen, dtype=torch.float64)
+                                     for h, n in ((H, Nq), (Hkv, Nk), (Hkv, Nk)))
+                    mask = None
+                    if mask_kind == "bool":
+                        mask = torch.rand(B, 1, 1, Nk, generator=gen) > 0.3
+                        mask[..., 0] = True
+                    elif mask_kind == "float":
+                        mask = torch.randn(1, H, Nq, Nk, generator=gen, dtype=torch.float64)
+                    outs = {}
+                    for who in ("kernel", "torch", "ref"):
+                        dt, dev = (torch.float64, "cpu") if who == "ref" else (dtype, device)
+                        # the oracle sees the dtype-rounded inputs
+                        q, k, v = (t.to(dtype).to(dt).to(dev).requires_grad_() for t in (q64, k64, v64))
+                        m = None if mask is None else mask.to(dev) if mask.dtype == torch.bool else mask.to(dtype).to(dt).to(dev)
+                        kw = dict(attn_mask=m, is_causal=causal, enable_gqa=H != Hkv)
+                        if who == "kernel":
+                            y = sdpa(q, k, v, backend=backend, **kw)
+                        elif who == "torch":
+                            y = F.scaled_dot_product_attention(q, k, v, **kw)
+                        else:
+                            y = ref.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+                        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+                        outs[who] = (y,) + torch.autograd.grad(y, (q, k, v), g.to(dtype).to(dev, y.dtype))
+                    for i, name in enumerate(("output", "grad_q", "grad_k", "grad_v")):
+                        kk, t, o = (outs[who][i].cpu() for who in ("kernel", "torch", "ref"))
+                        yield name, max_err(kk, o), bound_2x(o, t, kk.dtype)
+
+                yield "flash_attention", backend, label, dtype, run
+
+
 CHECKS = {
     "batch_norm_relu": _batch_norm_relu_cases,
     "conv": _conv_cases,
+    "attention": _attention_cases,
 }
 
 
