@@ -27,6 +27,19 @@ MAX_HEAD_DIM = 256
 
 
 @triton.jit
+def _load_block(ptr, b, h, sb, sh, rows, sr, cols, sc, n_rows, n_cols):
+    """The (rows, cols) block of head (b, h) of a strided 4-D tensor, zeros outside (n_rows, n_cols)."""
+    return tl.load(ptr + b.to(tl.int64) * sb + h.to(tl.int64) * sh + rows[:, None] * sr + cols[None, :] * sc,
+                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+
+
+@triton.jit
+def _store_block(ptr, value, b, h, sb, sh, rows, sr, cols, sc, n_rows, n_cols):
+    tl.store(ptr + b.to(tl.int64) * sb + h.to(tl.int64) * sh + rows[:, None] * sr + cols[None, :] * sc,
+             value.to(ptr.dtype.element_ty), mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+
+
+@triton.jit
 def _masked_scores(s, rows, cols, b, h, Bias, Seed, sbb, sbh, sbm, sbn, N_Q, N_K, causal_offset, dropout_p,
                    BIAS: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr):
     """Scores s (log2 units) of the (rows, cols) block with bias and masks applied, and the dropout
@@ -66,10 +79,7 @@ def _fwd_kernel(Q, K, V, Bias, Seed, O, LSE,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=(rows[:, None] < N_Q) & (offs_d[None, :] < D), other=0.0)
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    q = _load_block(Q, b, h, sqb, sqh, rows, sqm, offs_d, sqd, N_Q, D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
@@ -79,8 +89,7 @@ def _fwd_kernel(Q, K, V, Bias, Seed, O, LSE,
         hi = tl.maximum(tl.minimum(N_K, (pid_m + 1) * BLOCK_M + causal_offset), 0)
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
-        kt = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd,
-                     mask=(cols[None, :] < N_K) & (offs_d[:, None] < D), other=0.0)
+        kt = _load_block(K, b, hk, skb, skh, offs_d, skd, cols, skn, D, N_K)
         s = dot(q, kt, PRECISION, ACC, UPCAST) * qk_scale
         s, keep = _masked_scores(s, rows[:, None], cols[None, :], b, h, Bias, Seed, sbb, sbh, sbm, sbn, N_Q, N_K,
                                  causal_offset, dropout_p, BIAS, CAUSAL, DROPOUT, ACC)
@@ -91,14 +100,12 @@ def _fwd_kernel(Q, K, V, Bias, Seed, O, LSE,
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
             p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-        v = tl.load(v_base + cols[:, None] * svn + offs_dv[None, :] * svd,
-                    mask=(cols[:, None] < N_K) & (offs_dv[None, :] < DV), other=0.0)
+        v = _load_block(V, b, hk, svb, svh, cols, svn, offs_dv, svd, N_K, DV)
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, PRECISION, ACC, UPCAST)
         m_i = m_new
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    tl.store(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + rows[:, None] * som + offs_dv[None, :] * sod,
-             out.to(O.dtype.element_ty), mask=(rows[:, None] < N_Q) & (offs_dv[None, :] < DV))
+    _store_block(O, out, b, h, sob, soh, rows, som, offs_dv, sod, N_Q, DV)
     lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
     tl.store(LSE + bh.to(tl.int64) * N_Q + rows, lse, mask=rows < N_Q)
 
@@ -113,11 +120,8 @@ def _bwd_delta_kernel(O, DO, Delta, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, N
     h = bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
-    mask = (rows[:, None] < N_Q) & (offs_dv[None, :] < DV)
-    o = tl.load(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + rows[:, None] * som + offs_dv[None, :] * sod,
-                mask=mask, other=0.0).to(ACC)
-    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + rows[:, None] * sdm + offs_dv[None, :] * sdd,
-                 mask=mask, other=0.0).to(ACC)
+    o = _load_block(O, b, h, sob, soh, rows, som, offs_dv, sod, N_Q, DV).to(ACC)
+    do = _load_block(DO, b, h, sdb, sdh, rows, sdm, offs_dv, sdd, N_Q, DV).to(ACC)
     tl.store(Delta + bh.to(tl.int64) * N_Q + rows, tl.sum(o * do, 1), mask=rows < N_Q)
 
 
@@ -142,10 +146,8 @@ def _bwd_kv_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DK, DV_,
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + cols[:, None] * skn + offs_d[None, :] * skd,
-                mask=(cols[:, None] < N_K) & (offs_d[None, :] < D), other=0.0)
-    v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + cols[:, None] * svn + offs_dv[None, :] * svd,
-                mask=(cols[:, None] < N_K) & (offs_dv[None, :] < DV), other=0.0)
+    k = _load_block(K, b, hk, skb, skh, cols, skn, offs_d, skd, N_K, D)
+    v = _load_block(V, b, hk, svb, svh, cols, svn, offs_dv, svd, N_K, DV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], ACC)
     lo = 0
@@ -153,15 +155,11 @@ def _bwd_kv_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DK, DV_,
         lo = tl.maximum(pid_n * BLOCK_N - causal_offset, 0) // BLOCK_M * BLOCK_M
     for g in range(0, group):
         h = hk * group + g
-        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-        do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
         row_base = (b * H + h).to(tl.int64) * N_Q
         for start_m in range(lo, N_Q, BLOCK_M):
             rows = start_m + offs_m
-            q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :] * sqd,
-                        mask=(rows[:, None] < N_Q) & (offs_d[None, :] < D), other=0.0)
-            do = tl.load(do_base + rows[:, None] * sdm + offs_dv[None, :] * sdd,
-                         mask=(rows[:, None] < N_Q) & (offs_dv[None, :] < DV), other=0.0)
+            q = _load_block(Q, b, h, sqb, sqh, rows, sqm, offs_d, sqd, N_Q, D)
+            do = _load_block(DO, b, h, sdb, sdh, rows, sdm, offs_dv, sdd, N_Q, DV)
             lse = tl.load(LSE + row_base + rows, mask=rows < N_Q, other=float("inf"))
             delta = tl.load(Delta + row_base + rows, mask=rows < N_Q, other=0.0)
             st = dot(k, tl.trans(q), PRECISION, ACC, UPCAST) * qk_scale
@@ -178,10 +176,8 @@ def _bwd_kv_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DK, DV_,
             dst = pt * (dpt - delta[None, :])
             dk += dot(dst.to(q.dtype), q, PRECISION, ACC, UPCAST)
     dk = dk * sm_scale
-    tl.store(DK + b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + cols[:, None] * sdkn + offs_d[None, :] * sdkd,
-             dk.to(DK.dtype.element_ty), mask=(cols[:, None] < N_K) & (offs_d[None, :] < D))
-    tl.store(DV_ + b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + cols[:, None] * sdvn + offs_dv[None, :] * sdvd,
-             dv.to(DV_.dtype.element_ty), mask=(cols[:, None] < N_K) & (offs_dv[None, :] < DV))
+    _store_block(DK, dk, b, hk, sdkb, sdkh, cols, sdkn, offs_d, sdkd, N_K, D)
+    _store_block(DV_, dv, b, hk, sdvb, sdvh, cols, sdvn, offs_dv, sdvd, N_K, DV)
 
 
 @triton.jit
@@ -203,24 +199,18 @@ def _bwd_q_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DQ, DBias,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=(rows[:, None] < N_Q) & (offs_d[None, :] < D), other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + rows[:, None] * sdm + offs_dv[None, :] * sdd,
-                 mask=(rows[:, None] < N_Q) & (offs_dv[None, :] < DV), other=0.0)
+    q = _load_block(Q, b, h, sqb, sqh, rows, sqm, offs_d, sqd, N_Q, D)
+    do = _load_block(DO, b, h, sdb, sdh, rows, sdm, offs_dv, sdd, N_Q, DV)
     lse = tl.load(LSE + bh.to(tl.int64) * N_Q + rows, mask=rows < N_Q, other=float("inf"))
     delta = tl.load(Delta + bh.to(tl.int64) * N_Q + rows, mask=rows < N_Q, other=0.0)
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     hi = N_K
     if CAUSAL:
         hi = tl.maximum(tl.minimum(N_K, (pid_m + 1) * BLOCK_M + causal_offset), 0)
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
-        k = tl.load(k_base + cols[:, None] * skn + offs_d[None, :] * skd,
-                    mask=(cols[:, None] < N_K) & (offs_d[None, :] < D), other=0.0)
-        vt = tl.load(v_base + cols[None, :] * svn + offs_dv[:, None] * svd,
-                     mask=(cols[None, :] < N_K) & (offs_dv[:, None] < DV), other=0.0)
+        k = _load_block(K, b, hk, skb, skh, cols, skn, offs_d, skd, N_K, D)
+        vt = _load_block(V, b, hk, svb, svh, offs_dv, svd, cols, svn, DV, N_K)
         s = dot(q, tl.trans(k), PRECISION, ACC, UPCAST) * qk_scale
         s, keep = _masked_scores(s, rows[:, None], cols[None, :], b, h, Bias, Seed, sbb, sbh, sbm, sbn, N_Q, N_K,
                                  causal_offset, dropout_p, BIAS, CAUSAL, DROPOUT, ACC)
@@ -234,8 +224,7 @@ def _bwd_q_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DQ, DBias,
                      mask=(rows[:, None] < N_Q) & (cols[None, :] < N_K))
         dq += dot(ds.to(k.dtype), k, PRECISION, ACC, UPCAST)
     dq = dq * sm_scale
-    tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + rows[:, None] * sdqm + offs_d[None, :] * sdqd,
-             dq.to(DQ.dtype.element_ty), mask=(rows[:, None] < N_Q) & (offs_d[None, :] < D))
+    _store_block(DQ, dq, b, h, sdqb, sdqh, rows, sdqm, offs_d, sdqd, N_Q, D)
 
 
 @triton.jit
