@@ -10,8 +10,12 @@ Public API (drop-in signatures of the torch / torchvision operators they replace
     cvkernels.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                            enable_gqa)   flash attention with SDPA's signature
     cvkernels.flash_attn_func(q, k, v, dropout_p, softmax_scale, causal)   flash-attn's, (B, N, H, D)
+    cvkernels.shifted_window_attention(qkv, relative_position_bias_table, num_heads, window_size,
+                                       shift_size)   fused Swin (S)W-MSA on the (B, H, W, 3C) qkv map
+    cvkernels.window_attention(qkv, relative_position_bias_table, num_heads, window_size, mask)
+                                      timm's WindowAttention on (B*nW, N, 3C) windows
     cvkernels.nn.BatchNormReLU2d, cvkernels.nn.SyncBatchNormReLU, cvkernels.nn.Conv2d,
-    cvkernels.nn.ConvTranspose2d, cvkernels.nn.MultiheadAttention
+    cvkernels.nn.ConvTranspose2d, cvkernels.nn.MultiheadAttention, cvkernels.nn.WindowAttention
     cvkernels.convert(model)          swap supported modules / patterns in an existing model
     cvkernels.has_ops()               whether the compiled C++/CUDA library is loaded
 """
@@ -19,11 +23,13 @@ from ._extension import has_cuda_ops, has_ops, load_error
 from .ops.batch_norm import batch_norm_add_relu, batch_norm_relu
 from .ops.conv import conv2d, conv_transpose2d
 from .ops.attention import flash_attn_func, scaled_dot_product_attention
+from .ops.window_attention import shifted_window_attention, window_attention
 from . import nn  # noqa: E402
 from .convert import convert  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "batch_norm_relu", "batch_norm_add_relu", "conv2d", "conv_transpose2d", "scaled_dot_product_attention", "flash_attn_func", "convert", "has_ops", "has_cuda_ops", "load_error", "nn",
+    "batch_norm_relu", "batch_norm_add_relu", "conv2d", "conv_transpose2d", "scaled_dot_product_attention", "flash_attn_func",
+    "shifted_window_attention", "window_attention", "convert", "has_ops", "has_cuda_ops", "load_error", "nn",
 ]

@@ -217,10 +217,46 @@ def _attention_cases(device):
                 yield "flash_attention", backend, label, dtype, run
 
 
+_WINDOW_CONFIGS = (("W-MSA 14x14 w7", 1, (14, 14), 2, 32, 7, 0), ("SW-MSA 14x14 w7 s3", 1, (14, 14), 2, 32, 7, 3),
+                   ("SW-MSA 12x16 w(6,8) s(3,2) d24", 1, (12, 16), 2, 24, (6, 8), (3, 2)))
+
+
+def _window_attention_cases(device):
+    from reference.ops import window_attention as ref
+
+    from .ops.window_attention import shifted_window_attention
+
+    for backend in _backends_here("window_attention", device):
+        for label, B, (H, W), heads, D, window, shift in _WINDOW_CONFIGS:
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                def run(B=B, H=H, W=W, heads=heads, D=D, window=window, shift=shift, dtype=dtype, backend=backend):
+                    gen = torch.Generator().manual_seed(0)
+                    mh, mw = (window, window) if isinstance(window, int) else window
+                    qkv64 = torch.randn(B, H, W, 3 * heads * D, generator=gen, dtype=torch.float64)
+                    t64 = torch.randn((2 * mh - 1) * (2 * mw - 1), heads, generator=gen, dtype=torch.float64)
+                    outs = {}
+                    for who in ("kernel", "torch", "ref"):
+                        dt, dev = (torch.float64, "cpu") if who == "ref" else (dtype, device)
+                        qkv, table = (t.to(dtype).to(dt).to(dev).requires_grad_() for t in (qkv64, t64))
+                        if who == "ref":
+                            y = ref.shifted_window_attention(qkv, table, heads, window, shift)
+                        else:
+                            y = shifted_window_attention(qkv, table, heads, window, shift,
+                                                         backend=backend if who == "kernel" else "torch")
+                        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+                        outs[who] = (y,) + torch.autograd.grad(y, (qkv, table), g.to(dtype).to(dev, y.dtype))
+                    for i, name in enumerate(("output", "grad_qkv", "grad_table")):
+                        kk, t, o = (outs[who][i].cpu() for who in ("kernel", "torch", "ref"))
+                        yield name, max_err(kk, o), bound_2x(o, t, kk.dtype)
+
+                yield "window_attention", backend, label, dtype, run
+
+
 CHECKS = {
     "batch_norm_relu": _batch_norm_relu_cases,
     "conv": _conv_cases,
     "attention": _attention_cases,
+    "window_attention": _window_attention_cases,
 }
 
 

@@ -265,8 +265,8 @@ def _is_vit_attention(m):
             and isinstance(getattr(m, "attn_drop", None), nn.Dropout) and hasattr(m, "scale"))
 
 
-# kind -> (the family that runs it, {method name: replacement}); window kinds are added by
-# cvkernels.nn.window_attention when it is importable
+# kind -> (the family that runs it, {method name: replacement}); the Swin kinds come from
+# cvkernels.nn.window_attention (WINDOW_ROUTES, with their matchers)
 _ROUTES = {"vit_attention": ("flash_attention", {"forward": vit_attention_forward})}
 _ROUTED_CLASSES = {}
 
@@ -315,6 +315,9 @@ def _attention_kind(module):
 
 
 _WINDOW_ROUTES = {}
+from .nn.window_attention import WINDOW_ROUTES as _SWIN_ROUTES  # noqa: E402
+_WINDOW_ROUTES.update(_SWIN_ROUTES)
+_ROUTES.update({kind: (family, methods) for kind, (family, methods, _) in _SWIN_ROUTES.items()})
 
 
 def _convert_attention(model, backend):

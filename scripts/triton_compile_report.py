@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compiles every Triton kernel launch of the conv and attention families for a GPU target, without a GPU.
+"""Compiles every Triton kernel launch of the conv, attention and window-attention families for a GPU target, without a GPU.
 
 The launchers run on "meta" tensors (which get the GPU's launch parameters, see
 cvkernels/triton/_common.py); each kernel launch is captured instead of run, and compiled
@@ -92,7 +92,23 @@ def _attention_launches():
     A.backward(out, q, q, q, out, lse, None, None, 0.06, False, 0, 0.0, False)
 
 
-_FAMILIES = {"conv": _conv_launches, "attention": _attention_launches}
+def _window_attention_launches():
+    from cvkernels.triton import window_attention as K
+    for dtype, window, heads, d, H, masked in ((torch.bfloat16, (7, 7), 3, 32, 56, False),
+                                               (torch.bfloat16, (7, 7), 2, 64, 14, True),
+                                               (torch.bfloat16, (12, 12), 4, 32, 48, False),
+                                               (torch.float32, (7, 7), 3, 32, 56, False)):
+        n = window[0] * window[1]
+        qkv = torch.empty(8, H, H, 3 * heads * d, device="meta", dtype=dtype)
+        table = torch.empty((2 * window[0] - 1) * (2 * window[1] - 1), heads, device="meta")
+        mask = torch.empty(4, n, n, device="meta") if masked else None
+        shift = (0, 0) if masked else (window[0] // 2, window[1] // 2)
+        out, lse = K.forward(qkv, table, mask, heads, window, shift, (H, H), d ** -0.5)
+        K.backward(out, qkv, table, mask, out, lse, heads, window, shift, (H, H), d ** -0.5)
+
+
+_FAMILIES = {"conv": _conv_launches, "attention": _attention_launches,
+             "window_attention": _window_attention_launches}
 
 
 def _resource_usage(cubin: bytes):

@@ -63,7 +63,7 @@ def _masked_scores(s, rows, cols, b, h, Bias, Seed, sbb, sbh, sbm, sbn, N_Q, N_K
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, Bias, Seed, O, LSE,
+def _flash_fwd_kernel(Q, K, V, Bias, Seed, O, LSE,
                 sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                 sbb, sbh, sbm, sbn, sob, soh, som, sod,
                 H, H_KV, N_Q, N_K, D, DV, qk_scale, causal_offset, dropout_p,
@@ -111,7 +111,7 @@ def _fwd_kernel(Q, K, V, Bias, Seed, O, LSE,
 
 
 @triton.jit
-def _bwd_delta_kernel(O, DO, Delta, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, N_Q, DV, ACC: tl.constexpr,
+def _flash_bwd_delta_kernel(O, DO, Delta, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, N_Q, DV, ACC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
     """delta[b, h, i] = sum_d o * do: the row term of softmax's backward."""
     pid_m = tl.program_id(0)
@@ -126,7 +126,7 @@ def _bwd_delta_kernel(O, DO, Delta, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, N
 
 
 @triton.jit
-def _bwd_kv_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DK, DV_,
+def _flash_bwd_kv_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DK, DV_,
                    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                    sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd,
                    sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
@@ -181,7 +181,7 @@ def _bwd_kv_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DK, DV_,
 
 
 @triton.jit
-def _bwd_q_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DQ, DBias,
+def _flash_bwd_q_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DQ, DBias,
                   sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                   sbb, sbh, sbm, sbn, sdb, sdh, sdm, sdd, sdqb, sdqh, sdqm, sdqd,
                   H, H_KV, N_Q, N_K, D, DV, qk_scale, sm_scale, causal_offset, dropout_p,
@@ -228,7 +228,7 @@ def _bwd_q_kernel(Q, K, V, Bias, Seed, DO, LSE, Delta, DQ, DBias,
 
 
 @triton.jit
-def _dropout_mask_kernel(Seed, Keep, H, N_Q, N_K, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _flash_dropout_mask_kernel(Seed, Keep, H, N_Q, N_K, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The keep mask (B, H, Nq, Nk) the kernels above draw for `Seed` (for tests and debugging)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -319,7 +319,7 @@ def forward(q, k, v, bias, seed, scale, causal, causal_offset, dropout_p):
     bm, bn, warps, stages = _fwd_config(q.device, N_Q, N_K, max(D, DV), q.dtype, bias is not None or dropout_p > 0)
     kind, bias_t, sb = _bias_args(bias)
     grid = (triton.cdiv(N_Q, bm), B * H)
-    _fwd_kernel[grid](
+    _flash_fwd_kernel[grid](
         q, k, v, bias_t if bias_t is not None else q, seed if seed is not None else lse, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *sb, *out.stride(),
         H, H_KV, N_Q, N_K, D, DV, scale * LOG2E, causal_offset, dropout_p,
@@ -342,7 +342,7 @@ def backward(grad_out, q, k, v, out, lse, bias, seed, scale, causal, causal_offs
         return dq.zero_(), dk, dv, dbias
     bm, bn, warps, stages = _bwd_config(q.device, N_Q, N_K, max(D, DV), q.dtype, bias is not None or dropout_p > 0)
     delta = torch.empty((B, H, N_Q), dtype=_stat_dtype(q), device=q.device)
-    _bwd_delta_kernel[(triton.cdiv(N_Q, bm), B * H)](
+    _flash_bwd_delta_kernel[(triton.cdiv(N_Q, bm), B * H)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, N_Q, DV, acc_dtype(q.dtype),
         BLOCK_M=bm, BLOCK_DV=_head_block(DV), num_warps=warps)
     kind, bias_t, sb = _bias_args(bias)
@@ -353,11 +353,11 @@ def backward(grad_out, q, k, v, out, lse, bias, seed, scale, causal, causal_offs
     bias_arg = bias_t if bias_t is not None else q
     seed_arg = seed if seed is not None else lse
     sizes = (H, H_KV, N_Q, N_K, D, DV, scale * LOG2E, scale, causal_offset, dropout_p)
-    _bwd_kv_kernel[(triton.cdiv(N_K, bn), B * H_KV)](
+    _flash_bwd_kv_kernel[(triton.cdiv(N_K, bn), B * H_KV)](
         q, k, v, bias_arg, seed_arg, grad_out, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *sb, *grad_out.stride(), *dk.stride(), *dv.stride(),
         *sizes, **common)
-    _bwd_q_kernel[(triton.cdiv(N_Q, bm), B * H)](
+    _flash_bwd_q_kernel[(triton.cdiv(N_Q, bm), B * H)](
         q, k, v, bias_arg, seed_arg, grad_out, lse, delta, dq, dbias if dbias is not None else delta,
         *q.stride(), *k.stride(), *v.stride(), *sb, *grad_out.stride(), *dq.stride(),
         *sizes, BIAS_GRAD=bias_grad, **common)
@@ -370,6 +370,6 @@ def dropout_keep_mask(seed, shape, dropout_p, device):
     keep = torch.empty(shape, dtype=torch.int8, device=device)
     if keep.numel():
         bm = bn = 64
-        _dropout_mask_kernel[(triton.cdiv(N_Q, bm), triton.cdiv(N_K, bn), B * H)](
+        _flash_dropout_mask_kernel[(triton.cdiv(N_Q, bm), triton.cdiv(N_K, bn), B * H)](
             seed, keep, H, N_Q, N_K, dropout_p, BLOCK_M=bm, BLOCK_N=bn)
     return keep.bool()
