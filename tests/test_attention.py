@@ -117,6 +117,11 @@ def test_parity(case, dtype):
     _check_case(*case, dtype)
 
 
+def test_vit_l_384_sequence_length():
+    """N = 577 (ViT-L/16 at 384 px: 24 x 24 patches + class token): ten query and key blocks."""
+    _check_case(1, 1, 1, 577, 577, 64, torch.bfloat16)
+
+
 @pytest.mark.parametrize("Nq,Nk", [(7, 7), (13, 5), (5, 13), (70, 70)])
 @pytest.mark.parametrize("dtype", (torch.float16, torch.float32), ids=str)
 def test_causal(Nq, Nk, dtype):

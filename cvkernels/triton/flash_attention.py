@@ -278,7 +278,7 @@ def _fwd_config(device, n_q, n_k, d, dtype, masked):
     by the sm_90 compile report, scripts/triton_compile_report.py); a bias / mask / dropout tile
     costs registers too, and fp32 without TF32 runs on the FMA units: both take smaller tiles."""
     if interpreted(device):  # cost per program and per op: few big tiles
-        return max(16, min(64, next_pow2(n_q))), max(16, min(64, next_pow2(n_k))), 1, 1
+        return max(16, min(128, next_pow2(n_q))), max(16, min(128, next_pow2(n_k))), 1, 1
     if dtype == torch.float32:
         return 32, 32, 4, 2
     if d <= 64:
@@ -291,7 +291,7 @@ def _fwd_config(device, n_q, n_k, d, dtype, masked):
 def _bwd_config(device, n_q, n_k, d, dtype, masked):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of both backward kernels."""
     if interpreted(device):
-        return max(16, min(64, next_pow2(n_q))), max(16, min(64, next_pow2(n_k))), 1, 1
+        return max(16, min(128, next_pow2(n_q))), max(16, min(128, next_pow2(n_k))), 1, 1
     if dtype == torch.float32:
         return 32, 32, 4, 1
     if d <= 64:
