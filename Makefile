@@ -8,13 +8,13 @@
 
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-DEPS := triton numpy pytest pytest-benchmark hypothesis matplotlib ninja pybind11 setuptools wheel
+DEPS := triton numpy pytest pytest-benchmark hypothesis matplotlib ninja pybind11 setuptools wheel diffusers
 
 .PHONY: setup build check test bench info clean
 
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	@$(PYTHON) -c "import triton, numpy, pytest, pytest_benchmark, hypothesis, matplotlib, ninja, pybind11" 2>/dev/null \
+	@$(PYTHON) -c "import triton, numpy, pytest, pytest_benchmark, hypothesis, matplotlib, ninja, pybind11, importlib.util as u; assert u.find_spec('diffusers')" 2>/dev/null \
 		|| $(PIP) install -q $(DEPS)
 	@$(MAKE) --no-print-directory build
 

@@ -14,6 +14,9 @@ Public API (drop-in signatures of the torch / torchvision operators they replace
                                        shift_size)   fused Swin (S)W-MSA on the (B, H, W, 3C) qkv map
     cvkernels.window_attention(qkv, relative_position_bias_table, num_heads, window_size, mask)
                                       timm's WindowAttention on (B*nW, N, 3C) windows
+    cvkernels.ddpm_step / ddim_step / euler_ancestral_step / dpmpp_step   fused sampler steps
+    cvkernels.diffusion.{DDPM,DDIM,EulerAncestralDiscrete,DPMSolverMultistep}Scheduler
+                                      diffusers-compatible schedulers on the fused step kernels
     cvkernels.nn.BatchNormReLU2d, cvkernels.nn.SyncBatchNormReLU, cvkernels.nn.Conv2d,
     cvkernels.nn.ConvTranspose2d, cvkernels.nn.MultiheadAttention, cvkernels.nn.WindowAttention
     cvkernels.convert(model)          swap supported modules / patterns in an existing model
@@ -24,6 +27,8 @@ from .ops.batch_norm import batch_norm_add_relu, batch_norm_relu
 from .ops.conv import conv2d, conv_transpose2d
 from .ops.attention import flash_attn_func, scaled_dot_product_attention
 from .ops.window_attention import shifted_window_attention, window_attention
+from .ops.diffusion import ddim_step, ddpm_step, dpmpp_step, euler_ancestral_step
+from . import diffusion  # noqa: E402
 from . import nn  # noqa: E402
 from .convert import convert  # noqa: E402
 
@@ -31,5 +36,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "batch_norm_relu", "batch_norm_add_relu", "conv2d", "conv_transpose2d", "scaled_dot_product_attention", "flash_attn_func",
-    "shifted_window_attention", "window_attention", "convert", "has_ops", "has_cuda_ops", "load_error", "nn",
+    "shifted_window_attention", "window_attention", "diffusion", "ddpm_step", "ddim_step",
+    "euler_ancestral_step", "dpmpp_step", "convert", "has_ops", "has_cuda_ops", "load_error", "nn",
 ]

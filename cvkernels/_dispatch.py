@@ -35,6 +35,7 @@ FAMILIES = {
     "conv_transpose2d": {"gpu": ("triton",), "cpu": ("triton",)},
     "flash_attention": {"gpu": ("triton",), "cpu": ("triton",)},
     "window_attention": {"gpu": ("triton",), "cpu": ("triton",)},
+    "diffusion": {"gpu": ("triton",), "cpu": ("triton",)},
 }
 
 # the CUDA C++ op whose registration says a family's "cuda" backend was built

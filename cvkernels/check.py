@@ -252,11 +252,54 @@ def _window_attention_cases(device):
                 yield "window_attention", backend, label, dtype, run
 
 
+# ----------------------------------------------------------------------------- diffusion
+
+_DIFFUSION_CONFIGS = (("SD latents 2x4x32x32", (2, 4, 32, 32)), ("pixels 1x3x64x64", (1, 3, 64, 64)))
+
+
+def _diffusion_cases(device):
+    from reference.ops import diffusion as ref
+
+    from .ops import diffusion as D
+
+    a_t, a_prev = torch.tensor([0.05, 0.6]), torch.tensor([0.08, 0.7])
+    samplers = {
+        "ddpm": (lambda m, x, z, b: D.ddpm_step(m, x, a_t[:x.shape[0]], a_prev[:x.shape[0]], noise=z, backend=b),
+                 lambda m, x, z: ref.ddpm_step(m, x, a_t[:x.shape[0]].double(), a_prev[:x.shape[0]].double(), z)),
+        "ddim": (lambda m, x, z, b: D.ddim_step(m, x, a_t[:x.shape[0]], a_prev[:x.shape[0]], eta=0.5, noise=z,
+                                                 thresholding=True, backend=b),
+                 lambda m, x, z: ref.ddim_step(m, x, a_t[:x.shape[0]].double(), a_prev[:x.shape[0]].double(), z,
+                                               eta=0.5, thresholding=True)),
+        "euler_a": (lambda m, x, z, b: D.euler_ancestral_step(m, x, 3.0, 1.5, noise=z, backend=b),
+                    lambda m, x, z: ref.euler_ancestral_step(m, x, 3.0, 1.5, z)),
+        "dpmpp_2m": (lambda m, x, z, b: D.dpmpp_step(m, x, 2.0, 1.0, sigma_s1=4.0, prev_pred_original_sample=z,
+                                                      backend=b),
+                     lambda m, x, z: ref.dpmpp_step(m, x, 2.0, 1.0, 4.0, z)),
+    }
+    for backend in _backends_here("diffusion", device):
+        for label, shape in _DIFFUSION_CONFIGS:
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                for name, (kernel, oracle) in samplers.items():
+                    def run(shape=shape, dtype=dtype, kernel=kernel, oracle=oracle, backend=backend):
+                        gen = torch.Generator().manual_seed(0)
+                        m, x, z = (torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(3))
+                        got = kernel(m.to(device), x.to(device), z.to(device), backend)
+                        want = oracle(m, x, z)
+                        for i, q in enumerate(("prev_sample", "pred_original_sample")):
+                            k, o = got[i].cpu(), want[i]
+                            # fp32 arithmetic, one rounding to the storage dtype at the end
+                            allowed = (TOL[dtype]["atol"] + TOL[dtype]["rtol"]) * max(1.0, o.abs().max().item())
+                            yield q, max_err(k, o), allowed
+
+                    yield "diffusion", backend, f"{name} {label}", dtype, run
+
+
 CHECKS = {
     "batch_norm_relu": _batch_norm_relu_cases,
     "conv": _conv_cases,
     "attention": _attention_cases,
     "window_attention": _window_attention_cases,
+    "diffusion": _diffusion_cases,
 }
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compiles every Triton kernel launch of the conv, attention and window-attention families for a GPU target, without a GPU.
+"""Compiles every Triton kernel launch of every Triton family (conv, attention, window attention, diffusion) for a GPU target, without a GPU.
 
 The launchers run on "meta" tensors (which get the GPU's launch parameters, see
 cvkernels/triton/_common.py); each kernel launch is captured instead of run, and compiled
@@ -107,8 +107,22 @@ def _window_attention_launches():
         K.backward(out, qkv, table, mask, out, lse, heads, window, shift, (H, H), d ** -0.5)
 
 
+def _diffusion_launches():
+    from cvkernels.triton import diffusion as K
+    x = torch.empty(32, 4, 128, 128, device="meta", dtype=torch.float16)
+    coefs = torch.empty(1, 9, device="meta").expand(32, 9)
+    thr = torch.empty(32, device="meta")
+    for cond, pv, hist, noise_mode, var, thresh in [(None, None, None, 0, 0, None), (x, None, None, 2, 0, None),
+                                                    (None, x, x, 2, 2, thr), (None, x, None, 1, 1, None)]:
+        K.step(x, x, cond, pv, hist, x if noise_mode == 1 else None, coefs, thresh, 7.5, True, 1.0, var,
+               noise_mode, 2**40 + 3, 5 << 32, True, True)
+    rng = torch.empty(2, device="meta", dtype=torch.int64)
+    K.step(x, x, x, None, None, None, coefs, None, 7.5, False, 1.0, 0, 2, 0, 3 << 32, False, False, rng)
+    K.x0_abs(x, x, x, coefs, 7.5)
+
+
 _FAMILIES = {"conv": _conv_launches, "attention": _attention_launches,
-             "window_attention": _window_attention_launches}
+             "window_attention": _window_attention_launches, "diffusion": _diffusion_launches}
 
 
 def _resource_usage(cubin: bytes):

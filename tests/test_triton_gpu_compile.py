@@ -32,4 +32,5 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
     names = {r["kernel"].split()[0] for r in rows}
     assert {"_dw_conv_kernel", "_dw_conv_transposed_kernel", "_dw_weight_grad_kernel", "_conv_gemm_kernel",
             "_conv_transposed_gemm_kernel", "_conv_weight_grad_gemm_kernel", "_flash_fwd_kernel", "_flash_bwd_kv_kernel",
-            "_flash_bwd_q_kernel", "_flash_bwd_delta_kernel", "_swin_fwd_kernel", "_swin_bwd_kernel"} <= names
+            "_flash_bwd_q_kernel", "_flash_bwd_delta_kernel", "_swin_fwd_kernel", "_swin_bwd_kernel",
+            "_step_kernel", "_x0_abs_kernel"} <= names

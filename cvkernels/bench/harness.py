@@ -53,11 +53,13 @@ SUITES = {
     "attention": "cvkernels.bench.attention",
     "batch_norm": "cvkernels.bench.batch_norm",
     "conv": "cvkernels.bench.conv",
+    "diffusion": "cvkernels.bench.diffusion",
 }
 ALIASES = {
     "bn": "batch_norm", "bn_relu": "batch_norm", "bn_add_relu": "batch_norm",
     "batch_norm_relu": "batch_norm", "batchnorm": "batch_norm",
     "conv2d": "conv", "depthwise": "conv", "conv_transpose2d": "conv", "convolution": "conv",
+    "ddim": "diffusion", "ddpm": "diffusion", "scheduler": "diffusion", "sampler": "diffusion",
     "flash_attention": "attention", "sdpa": "attention", "window_attention": "attention", "swin": "attention",
 }
 

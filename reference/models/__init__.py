@@ -29,7 +29,7 @@ __all__ = ["Figure", "ModelSpec", "register", "list_models", "get", "create", "c
 
 # model modules that register models when imported (add new files here)
 _MODULES = ("resnet", "alexnet", "mobilenet_v1", "xception", "shufflenet_v1", "efficientnet", "deeplab", "fcn",
-            "unet", "dcgan", "oct_denoiser", "transformer", "bert", "vit", "swin", "detr")
+            "unet", "dcgan", "oct_denoiser", "transformer", "bert", "vit", "swin", "detr", "ddpm")
 
 
 @dataclasses.dataclass(frozen=True)
