@@ -44,4 +44,37 @@ TORCH_LIBRARY(cvkernels, m) {
   m.def(
       "depthwise_conv2d_backward_weight(Tensor grad_output, Tensor input, int[] weight_size, int[2] stride, "
       "int[2] padding, int[2] dilation) -> Tensor");
+
+  // RoI Align (torchvision.ops.roi_align; mode 1 = mmcv's pool_mode='max') and RoI Pool
+  // (torchvision.ops.roi_pool). Semantics: csrc/include/cvk_roi.h. input (N, C, H, W) in any layout;
+  // rois (K, 5) = (batch index, x1, y1, x2, y2), any floating dtype, batch index in [0, N).
+  // Outputs (K, C, PH, PW) contiguous in input's dtype, plus argmax (K, C, PH, PW) int32: for
+  // roi_align max mode the sample index iy * grid_w + ix of each bin's maximum, for roi_pool the
+  // flat h * W + w (-1: no sample); roi_align avg mode returns an empty argmax.
+  m.def(
+      "roi_align_forward(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int sampling_ratio, bool aligned, int mode) -> (Tensor, Tensor)");
+  // Gradient with respect to an input of size (batch_size, channels, height, width), in grad's
+  // dtype, channels_last when asked. `deterministic`: on CUDA the gather kernel (no atomics) instead
+  // of the atomic scatter; the CPU kernels are always deterministic.
+  m.def(
+      "roi_align_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
+      "int pooled_width, int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned, "
+      "int mode, bool channels_last, bool deterministic) -> Tensor");
+  m.def(
+      "roi_pool_forward(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
+      "int pooled_width, int batch_size, int channels, int height, int width, bool channels_last, "
+      "bool deterministic) -> Tensor");
+
+  // Greedy NMS (torchvision.ops.nms; with idxs, batched_nms with exact per-category IoU). boxes
+  // (N, 4) x1, y1, x2, y2 and scores (N,) of one floating dtype. Boxes whose score is not >
+  // score_threshold (when given) are dropped; max_output >= 0 caps the kept count (-1: no cap).
+  // Returns keep (N,) int64 (kept indices in descending score order, ties by index, then -1) and
+  // num_kept (0-d int64): no host synchronization inside the op.
+  m.def(
+      "nms_padded(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, float? score_threshold, "
+      "int max_output) -> (Tensor, Tensor)");
 }

@@ -35,11 +35,15 @@ FAMILIES = {
     "conv_transpose2d": {"gpu": ("triton",), "cpu": ("triton",)},
     "flash_attention": {"gpu": ("triton",), "cpu": ("triton",)},
     "window_attention": {"gpu": ("triton",), "cpu": ("triton",)},
+    "roi_align": {"gpu": ("cuda",), "cpu": ("cpp",)},
+    "roi_pool": {"gpu": ("cuda",), "cpu": ("cpp",)},
+    "nms": {"gpu": ("cuda",), "cpu": ("cpp",)},
     "diffusion": {"gpu": ("triton",), "cpu": ("triton",)},
 }
 
 # the CUDA C++ op whose registration says a family's "cuda" backend was built
-_CUDA_OPS = {"depthwise_conv2d": "depthwise_conv2d_forward"}
+_CUDA_OPS = {"depthwise_conv2d": "depthwise_conv2d_forward", "roi_align": "roi_align_forward",
+             "roi_pool": "roi_pool_forward", "nms": "nms_padded"}
 
 # Recorded measurements: {family: {shape class: backend}} for families with two GPU kernels,
 # written by `python -m cvkernels bench --record-dispatch` on a GPU (the faster backend per

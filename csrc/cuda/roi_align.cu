@@ -1,0 +1,478 @@
+// RoI Align (avg / max) and RoI Pool in CUDA: forward, atomic backward, deterministic gather backward.
+// Contract: csrc/include/cvk_roi_cuda.h; geometry shared with the CPU kernels: csrc/include/cvk_roi.h.
+// CUDA headers only, so nvcc compiles this file anywhere (tests/test_cuda_sources.py).
+//
+// forward: one thread per output element (grid-stride, 64-bit index). With channels-contiguous input
+//   (channels_last) the flat index runs channel-fastest so a warp's loads are coalesced along C;
+//   otherwise pw-fastest. Accumulation in A (float, double for float64) in torchvision's sample order.
+// backward_atomic: one thread per output element; atomicAdd of A into a zeroed A buffer.
+// backward_gather (deterministic): a block covers a 16 x 16 tile of one image's pixels and kCB
+//   channels. It walks the RoIs of its image (sorted by batch index) in chunks of 256: each thread
+//   stages one RoI's geometry in shared memory with a flag saying whether the RoI's sample extent can
+//   touch the tile; then every thread walks the flagged RoIs in order and, for its pixel, the samples
+//   (avg), the bins' argmax samples (max) or the bins (RoI Pool) that can touch it (candidate ranges
+//   from cvk_roi.h, exact weights), accumulating kCB channels in registers. Each grad_input element
+//   is written once: no zero fill, no atomics, the same sum order every run.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "cvk_roi.h"
+#include "cvk_roi_cuda.h"
+
+namespace cvk {
+namespace roi_cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTile = 16;  // gather tile: kTile x kTile pixels
+constexpr int kCB = 8;     // gather: channels per thread
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+
+template <typename T>
+__device__ __forceinline__ float to_f(T v) {
+  return static_cast<float>(v);
+}
+template <>
+__device__ __forceinline__ float to_f<__half>(__half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ A load(const T* p) {
+  return static_cast<A>(to_f(*p));
+}
+template <>
+__device__ __forceinline__ double load<double, double>(const double* p) {
+  return *p;
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ T store(A v) {
+  return static_cast<T>(v);
+}
+template <>
+__device__ __forceinline__ __half store<__half, float>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+int grid_for(int64_t n) {
+  int64_t b = (n + kThreads - 1) / kThreads;
+  if (b > kMaxBlocks) b = kMaxBlocks;
+  return static_cast<int>(b < 1 ? 1 : b);
+}
+
+// ------------------------------------------------------------------------------ forward
+
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads, 2) align_forward_kernel(Problem p, const T* __restrict__ x,
+                                                                 const A* __restrict__ rois, T* __restrict__ out,
+                                                                 int32_t* __restrict__ argmax, bool c_fast) {
+  const int64_t total = p.K * p.C * p.PH * p.PW;
+  const A scale = static_cast<A>(p.spatial_scale);
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    int64_t r, c;
+    int ph, pw;
+    if (c_fast) {
+      c = idx % p.C;
+      int64_t t = idx / p.C;
+      pw = static_cast<int>(t % p.PW);
+      t /= p.PW;
+      ph = static_cast<int>(t % p.PH);
+      r = t / p.PH;
+    } else {
+      pw = static_cast<int>(idx % p.PW);
+      int64_t t = idx / p.PW;
+      ph = static_cast<int>(t % p.PH);
+      t /= p.PH;
+      c = t % p.C;
+      r = t / p.C;
+    }
+    const int64_t o = ((r * p.C + c) * p.PH + ph) * p.PW + pw;
+    const A* roi = rois + r * 5;
+    const int64_t n = static_cast<int64_t>(roi[0]);
+    if (n < 0 || n >= p.N) {
+      out[o] = store<T, A>(A(0));
+      if (argmax) argmax[o] = -1;
+      continue;
+    }
+    const roi::AlignGeom<A> g = roi::align_geom<A>(roi, scale, p.PH, p.PW, p.sampling_ratio, p.aligned);
+    const T* xc = x + n * p.sN + c * p.sC;
+    A acc = p.kind == roi::kAvg ? A(0) : -INFINITY;
+    int32_t best = -1;
+    for (int iy = 0; iy < g.grid_h; ++iy) {
+      const A yy = roi::sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h);
+      int yl, yh;
+      A wyl, wyh;
+      const bool vy = roi::axis_taps(yy, p.H, yl, yh, wyl, wyh);
+      for (int ix = 0; ix < g.grid_w; ++ix) {
+        const A xx = roi::sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w);
+        int xl, xh;
+        A wxl, wxh;
+        A v = A(0);
+        const bool valid = vy && roi::axis_taps(xx, p.W, xl, xh, wxl, wxh);
+        if (valid) {
+          v = (wyl * wxl) * load<T, A>(xc + yl * p.sH + xl * p.sW) + (wyl * wxh) * load<T, A>(xc + yl * p.sH + xh * p.sW) +
+              (wyh * wxl) * load<T, A>(xc + yh * p.sH + xl * p.sW) + (wyh * wxh) * load<T, A>(xc + yh * p.sH + xh * p.sW);
+        }
+        if (p.kind == roi::kAvg) {
+          if (valid) acc += v;
+        } else if (v > acc) {
+          acc = v;
+          best = iy * g.grid_w + ix;
+        }
+      }
+    }
+    if (p.kind == roi::kAvg) {
+      out[o] = store<T, A>(acc / g.count);
+    } else {
+      out[o] = store<T, A>(best < 0 ? A(0) : acc);
+      argmax[o] = best;
+    }
+  }
+}
+
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads, 2) pool_forward_kernel(Problem p, const T* __restrict__ x,
+                                                                const A* __restrict__ rois, T* __restrict__ out,
+                                                                int32_t* __restrict__ argmax, bool c_fast) {
+  const int64_t total = p.K * p.C * p.PH * p.PW;
+  const A scale = static_cast<A>(p.spatial_scale);
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    int64_t r, c;
+    int ph, pw;
+    if (c_fast) {
+      c = idx % p.C;
+      int64_t t = idx / p.C;
+      pw = static_cast<int>(t % p.PW);
+      t /= p.PW;
+      ph = static_cast<int>(t % p.PH);
+      r = t / p.PH;
+    } else {
+      pw = static_cast<int>(idx % p.PW);
+      int64_t t = idx / p.PW;
+      ph = static_cast<int>(t % p.PH);
+      t /= p.PH;
+      c = t % p.C;
+      r = t / p.C;
+    }
+    const int64_t o = ((r * p.C + c) * p.PH + ph) * p.PW + pw;
+    const A* roi = rois + r * 5;
+    const int64_t n = static_cast<int64_t>(roi[0]);
+    if (n < 0 || n >= p.N) {
+      out[o] = store<T, A>(A(0));
+      argmax[o] = -1;
+      continue;
+    }
+    const roi::PoolGeom g = roi::pool_geom<A>(roi, scale);
+    int hs, he, ws, we;
+    roi::pool_bin<A>(g.start_h, g.size_h, ph, p.PH, p.H, hs, he);
+    roi::pool_bin<A>(g.start_w, g.size_w, pw, p.PW, p.W, ws, we);
+    const bool empty = he <= hs || we <= ws;
+    A best = empty ? A(0) : A(-FLT_MAX);
+    int32_t besti = -1;
+    const T* xc = x + n * p.sN + c * p.sC;
+    for (int h = hs; h < he; ++h)
+      for (int w = ws; w < we; ++w) {
+        const A v = load<T, A>(xc + h * p.sH + w * p.sW);
+        if (v > best) {
+          best = v;
+          besti = h * p.W + w;
+        }
+      }
+    out[o] = store<T, A>(best);
+    argmax[o] = besti;
+  }
+}
+
+// ------------------------------------------------------------------------------ atomic backward
+
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads, 2) backward_atomic_kernel(Problem p, const T* __restrict__ grad,
+                                                                   const A* __restrict__ rois,
+                                                                   const int32_t* __restrict__ argmax,
+                                                                   A* __restrict__ gin) {
+  const int64_t total = p.K * p.C * p.PH * p.PW;
+  const A scale = static_cast<A>(p.spatial_scale);
+  const int64_t HW = int64_t(p.H) * p.W;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int pw = static_cast<int>(idx % p.PW);
+    int64_t t = idx / p.PW;
+    const int ph = static_cast<int>(t % p.PH);
+    t /= p.PH;
+    const int64_t c = t % p.C, r = t / p.C;
+    const A* roi = rois + r * 5;
+    const int64_t n = static_cast<int64_t>(roi[0]);
+    if (n < 0 || n >= p.N) continue;
+    A* plane = gin + (n * p.C + c) * HW;
+    const A gv = load<T, A>(grad + idx);
+    if (p.kind == 2) {
+      const int32_t a = argmax[idx];
+      if (a >= 0 && a < HW) atomicAdd(plane + a, gv);
+      continue;
+    }
+    const roi::AlignGeom<A> g = roi::align_geom<A>(roi, scale, p.PH, p.PW, p.sampling_ratio, p.aligned);
+    if (p.kind == roi::kMax) {
+      const int32_t a = argmax[idx];
+      if (a < 0 || g.grid_w <= 0) continue;
+      const A yy = roi::sample_coord(g.start_h, g.bin_h, ph, a / g.grid_w, g.grid_h);
+      const A xx = roi::sample_coord(g.start_w, g.bin_w, pw, a % g.grid_w, g.grid_w);
+      int yl, yh, xl, xh;
+      A wyl, wyh, wxl, wxh;
+      if (!roi::axis_taps(yy, p.H, yl, yh, wyl, wyh) || !roi::axis_taps(xx, p.W, xl, xh, wxl, wxh)) continue;
+      atomicAdd(plane + int64_t(yl) * p.W + xl, gv * (wyl * wxl));
+      atomicAdd(plane + int64_t(yl) * p.W + xh, gv * (wyl * wxh));
+      atomicAdd(plane + int64_t(yh) * p.W + xl, gv * (wyh * wxl));
+      atomicAdd(plane + int64_t(yh) * p.W + xh, gv * (wyh * wxh));
+      continue;
+    }
+    const A gc = gv / g.count;
+    for (int iy = 0; iy < g.grid_h; ++iy) {
+      const A yy = roi::sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h);
+      int yl, yh;
+      A wyl, wyh;
+      if (!roi::axis_taps(yy, p.H, yl, yh, wyl, wyh)) continue;
+      for (int ix = 0; ix < g.grid_w; ++ix) {
+        const A xx = roi::sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w);
+        int xl, xh;
+        A wxl, wxh;
+        if (!roi::axis_taps(xx, p.W, xl, xh, wxl, wxh)) continue;
+        atomicAdd(plane + int64_t(yl) * p.W + xl, gc * (wyl * wxl));
+        atomicAdd(plane + int64_t(yl) * p.W + xh, gc * (wyl * wxh));
+        atomicAdd(plane + int64_t(yh) * p.W + xl, gc * (wyh * wxl));
+        atomicAdd(plane + int64_t(yh) * p.W + xh, gc * (wyh * wxh));
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ gather backward
+
+template <typename A>
+struct RoiShared {
+  A sh, sw, bh, bw, count;
+  int gh, gw;
+  int ph0, pw0, psh, psw;  // RoI Pool geometry (start, size)
+  int64_t r;
+  int touches;
+};
+
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p, const T* __restrict__ grad,
+                                                                   const A* __restrict__ rois,
+                                                                   const int32_t* __restrict__ argmax,
+                                                                   const int64_t* __restrict__ order,
+                                                                   const int64_t* __restrict__ image_start,
+                                                                   A* __restrict__ gin, int64_t z_items) {
+  __shared__ RoiShared<A> sr[kThreads];
+  const int tid = threadIdx.y * kTile + threadIdx.x;
+  const int h0 = blockIdx.y * kTile, w0 = blockIdx.x * kTile;
+  const int h = h0 + threadIdx.y, w = w0 + threadIdx.x;
+  const int64_t c_blocks = (p.C + kCB - 1) / kCB;
+  const A scale = static_cast<A>(p.spatial_scale);
+  const int64_t bins = int64_t(p.PH) * p.PW;
+  for (int64_t z = blockIdx.z; z < z_items; z += gridDim.z) {
+    const int64_t n = z / c_blocks;
+    const int64_t c0 = (z % c_blocks) * kCB;
+    const int ncb = static_cast<int>(p.C - c0 < kCB ? p.C - c0 : kCB);
+    A acc[kCB];
+#pragma unroll
+    for (int i = 0; i < kCB; ++i) acc[i] = A(0);
+    const int64_t rb = image_start[n], re = image_start[n + 1];
+    for (int64_t chunk = rb; chunk < re; chunk += kThreads) {
+      __syncthreads();
+      if (chunk + tid < re) {
+        RoiShared<A>& s = sr[tid];
+        const int64_t r = order[chunk + tid];
+        const A* roi = rois + r * 5;
+        s.r = r;
+        double lo_h, hi_h, lo_w, hi_w;
+        if (p.kind == 2) {
+          const roi::PoolGeom g = roi::pool_geom<A>(roi, scale);
+          s.ph0 = g.start_h;
+          s.pw0 = g.start_w;
+          s.psh = g.size_h;
+          s.psw = g.size_w;
+          lo_h = g.start_h - 1.0;
+          hi_h = double(g.start_h) + g.size_h + 1.0;
+          lo_w = g.start_w - 1.0;
+          hi_w = double(g.start_w) + g.size_w + 1.0;
+          s.touches = 1;
+        } else {
+          const roi::AlignGeom<A> g = roi::align_geom<A>(roi, scale, p.PH, p.PW, p.sampling_ratio, p.aligned);
+          s.sh = g.start_h;
+          s.sw = g.start_w;
+          s.bh = g.bin_h;
+          s.bw = g.bin_w;
+          s.count = g.count;
+          s.gh = g.grid_h;
+          s.gw = g.grid_w;
+          const double ya = g.start_h, yb = ya + double(g.bin_h) * p.PH;
+          const double xa = g.start_w, xb = xa + double(g.bin_w) * p.PW;
+          lo_h = (ya < yb ? ya : yb) - 2.0;
+          hi_h = (ya < yb ? yb : ya) + 2.0;
+          lo_w = (xa < xb ? xa : xb) - 2.0;
+          hi_w = (xa < xb ? xb : xa) + 2.0;
+          s.touches = g.grid_h > 0 && g.grid_w > 0;
+        }
+        // clamping maps samples in [-1, 0] to row 0 and (H - 1, H] to row H - 1
+        if (lo_h < 0.0) lo_h = -2.0;
+        if (lo_w < 0.0) lo_w = -2.0;
+        const double tile_h1 = h0 + kTile - 1, tile_w1 = w0 + kTile - 1;
+        if (hi_h < h0 - 1.0 || lo_h > tile_h1 + 1.0 || hi_w < w0 - 1.0 || lo_w > tile_w1 + 1.0) s.touches = 0;
+      }
+      __syncthreads();
+      if (h < p.H && w < p.W) {
+        const int64_t m = (re - chunk < kThreads) ? re - chunk : kThreads;
+        for (int j = 0; j < m; ++j) {
+          const RoiShared<A>& s = sr[j];
+          if (!s.touches) continue;
+          const int64_t gbase = (s.r * p.C + c0) * bins;
+          if (p.kind == 2) {
+            int p0, p1, q0, q1;
+            roi::pool_candidates<A>(s.ph0, s.psh, p.PH, h, p0, p1);
+            roi::pool_candidates<A>(s.pw0, s.psw, p.PW, w, q0, q1);
+            const int32_t target = h * p.W + w;
+            for (int ph = p0; ph < p1; ++ph)
+              for (int pw = q0; pw < q1; ++pw) {
+                const int64_t b = int64_t(ph) * p.PW + pw;
+#pragma unroll
+                for (int i = 0; i < kCB; ++i)
+                  if (i < ncb && argmax[gbase + i * bins + b] == target) acc[i] += load<T, A>(grad + gbase + i * bins + b);
+              }
+            continue;
+          }
+          int k0, k1, j0, j1;
+          roi::candidate_range(s.sh, s.bh, s.gh, p.PH, h, p.H, k0, k1);
+          if (k0 >= k1) continue;
+          roi::candidate_range(s.sw, s.bw, s.gw, p.PW, w, p.W, j0, j1);
+          if (j0 >= j1) continue;
+          if (p.kind == roi::kAvg) {
+            for (int k = k0; k < k1; ++k) {
+              const int ph = k / s.gh;
+              const A wy = roi::axis_weight(roi::sample_coord(s.sh, s.bh, ph, k % s.gh, s.gh), p.H, h);
+              if (wy == A(0)) continue;
+              for (int kx = j0; kx < j1; ++kx) {
+                const int pw = kx / s.gw;
+                const A wx = roi::axis_weight(roi::sample_coord(s.sw, s.bw, pw, kx % s.gw, s.gw), p.W, w);
+                if (wx == A(0)) continue;
+                const A wt = wy * wx / s.count;
+                const int64_t b = gbase + int64_t(ph) * p.PW + pw;
+#pragma unroll
+                for (int i = 0; i < kCB; ++i)
+                  if (i < ncb) acc[i] += wt * load<T, A>(grad + b + i * bins);
+              }
+            }
+          } else {  // max: the argmax sample of each candidate bin
+            const int pa = k0 / s.gh, pb = (k1 - 1) / s.gh, qa = j0 / s.gw, qb = (j1 - 1) / s.gw;
+            for (int ph = pa; ph <= pb; ++ph)
+              for (int pw = qa; pw <= qb; ++pw) {
+                const int64_t b = gbase + int64_t(ph) * p.PW + pw;
+#pragma unroll
+                for (int i = 0; i < kCB; ++i) {
+                  if (i >= ncb) continue;
+                  const int32_t a = argmax[b + i * bins];
+                  if (a < 0) continue;
+                  const A wy = roi::axis_weight(roi::sample_coord(s.sh, s.bh, ph, a / s.gw, s.gh), p.H, h);
+                  if (wy == A(0)) continue;
+                  const A wx = roi::axis_weight(roi::sample_coord(s.sw, s.bw, pw, a % s.gw, s.gw), p.W, w);
+                  if (wx == A(0)) continue;
+                  acc[i] += load<T, A>(grad + b + i * bins) * (wy * wx);
+                }
+              }
+          }
+        }
+      }
+    }
+    if (h < p.H && w < p.W) {
+      const int64_t HW = int64_t(p.H) * p.W;
+      #pragma unroll
+      for (int i = 0; i < kCB; ++i)
+        if (i < ncb) gin[(n * p.C + c0 + i) * HW + int64_t(h) * p.W + w] = acc[i];
+    }
+  }
+}
+
+template <typename T, typename A>
+cudaError_t forward_t(const Problem& p, const void* input, const void* rois, void* out, int32_t* argmax,
+                      cudaStream_t stream) {
+  const int64_t total = p.K * p.C * p.PH * p.PW;
+  if (total == 0) return cudaSuccess;
+  const bool c_fast = p.sC == 1 && p.C > 1;
+  if (p.kind == 2)
+    pool_forward_kernel<T, A><<<grid_for(total), kThreads, 0, stream>>>(
+        p, static_cast<const T*>(input), static_cast<const A*>(rois), static_cast<T*>(out), argmax, c_fast);
+  else
+    align_forward_kernel<T, A><<<grid_for(total), kThreads, 0, stream>>>(
+        p, static_cast<const T*>(input), static_cast<const A*>(rois), static_cast<T*>(out),
+        p.kind == roi::kMax ? argmax : nullptr, c_fast);
+  return cudaGetLastError();
+}
+
+template <typename T, typename A>
+cudaError_t backward_atomic_t(const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
+                              void* gin, cudaStream_t stream) {
+  const int64_t total = p.K * p.C * p.PH * p.PW;
+  if (total == 0 || p.N * p.C == 0) return cudaSuccess;
+  backward_atomic_kernel<T, A><<<grid_for(total), kThreads, 0, stream>>>(
+      p, static_cast<const T*>(grad), static_cast<const A*>(rois), argmax, static_cast<A*>(gin));
+  return cudaGetLastError();
+}
+
+template <typename T, typename A>
+cudaError_t backward_gather_t(const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
+                              const int64_t* order, const int64_t* image_start, void* gin, cudaStream_t stream) {
+  if (p.N * p.C == 0 || p.H == 0 || p.W == 0) return cudaSuccess;
+  const int64_t z_items = p.N * ((p.C + kCB - 1) / kCB);
+  const dim3 block(kTile, kTile);
+  const dim3 grid((p.W + kTile - 1) / kTile, (p.H + kTile - 1) / kTile,
+                  static_cast<unsigned>(z_items < 65535 ? z_items : 65535));
+  if (grid.y > 65535) return cudaErrorInvalidConfiguration;
+  backward_gather_kernel<T, A><<<grid, block, 0, stream>>>(p, static_cast<const T*>(grad),
+                                                           static_cast<const A*>(rois), argmax, order, image_start,
+                                                           static_cast<A*>(gin), z_items);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+#define CVK_ROI_DISPATCH(dtype, CALL)                          \
+  switch (dtype) {                                             \
+    case DType::kFloat32: { using T = float; using A = float; return CALL; }          \
+    case DType::kFloat64: { using T = double; using A = double; return CALL; }        \
+    case DType::kFloat16: { using T = __half; using A = float; return CALL; }         \
+    case DType::kBFloat16: { using T = __nv_bfloat16; using A = float; return CALL; } \
+  }                                                            \
+  return cudaErrorInvalidValue;
+
+cudaError_t forward(DType dtype, const Problem& p, const void* input, const void* rois, void* out, int32_t* argmax,
+                    cudaStream_t stream) {
+  CVK_ROI_DISPATCH(dtype, (forward_t<T, A>(p, input, rois, out, argmax, stream)))
+}
+
+cudaError_t backward_atomic(DType dtype, const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
+                            void* grad_input, cudaStream_t stream) {
+  CVK_ROI_DISPATCH(dtype, (backward_atomic_t<T, A>(p, grad, rois, argmax, grad_input, stream)))
+}
+
+cudaError_t backward_gather(DType dtype, const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
+                            const int64_t* order, const int64_t* image_start, void* grad_input, cudaStream_t stream) {
+  CVK_ROI_DISPATCH(dtype, (backward_gather_t<T, A>(p, grad, rois, argmax, order, image_start, grad_input, stream)))
+}
+
+}  // namespace roi_cuda
+}  // namespace cvk
