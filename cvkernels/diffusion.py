@@ -112,6 +112,15 @@ class _Scheduler:
     order = 1
     _cls = "Scheduler"
 
+    def _check_ready(self, model_output, sample):
+        """step() needs set_timesteps first and a model output shaped like the sample."""
+        if self.num_inference_steps is None:
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
+                             "the scheduler")
+        if model_output.shape != sample.shape:
+            raise ValueError(f"{self._cls}.step: model_output shape {tuple(model_output.shape)} does not match "
+                             f"sample shape {tuple(sample.shape)}")
+
     @classmethod
     def from_config(cls, config=None, **kwargs):
         """Builds the scheduler from a diffusers scheduler config (a dict, or an object with
@@ -378,12 +387,7 @@ class DDIMScheduler(_Scheduler):
              use_clipped_model_output: bool = False, generator=None, variance_noise: Optional[Tensor] = None,
              return_dict: bool = True, *, cond_model_output: Optional[Tensor] = None, guidance_scale: float = 1.0,
              seed: Optional[int] = None, backend: Optional[str] = None):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
-                             "the scheduler")
-        if model_output.shape != sample.shape:
-            raise ValueError(f"{self._cls}.step: model_output shape {tuple(model_output.shape)} does not match "
-                             f"sample shape {tuple(sample.shape)}")
+        self._check_ready(model_output, sample)
         cfg = self.config
         t, ts = self._timestep_values(timestep, sample.shape[0])
         table = self._table(("ddim", float(eta), bool(use_clipped_model_output)), sample.device,
@@ -432,12 +436,7 @@ class _SigmaScheduler(_Scheduler):
             self._step_index = self._begin_index
 
     def _check_step_args(self, model_output, timestep, sample):
-        if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' after creating "
-                             "the scheduler")
-        if model_output.shape != sample.shape:
-            raise ValueError(f"{self._cls}.step: model_output shape {tuple(model_output.shape)} does not match "
-                             f"sample shape {tuple(sample.shape)}")
+        self._check_ready(model_output, sample)
         if isinstance(timestep, Tensor) and timestep.numel() > 1:
             raise ValueError(f"{self._cls}.step: one timestep per call (the scheduler keeps a step index); use "
                              f"cvkernels.ops.diffusion for per-sample sigmas")
