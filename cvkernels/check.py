@@ -294,12 +294,164 @@ def _diffusion_cases(device):
                     yield "diffusion", backend, f"{name} {label}", dtype, run
 
 
+# ----------------------------------------------------------------------------- detection
+
+# RoI Align configurations: label, aligned, sampling_ratio, layout (N, C, H, W = 2, 3, 9, 11; 6 RoIs;
+# 3x2 bins at spatial_scale 0.4771, not a round number, so no sample lands on a pixel border where
+# float32 and float64 coordinates could disagree)
+_ROI_ALIGN_CONFIGS = (
+    ("aligned sr=2", True, 2, None),
+    ("aligned sr=-1", True, -1, None),
+    ("unaligned sr=2", False, 2, None),
+    ("unaligned sr=-1", False, -1, None),
+    ("aligned sr=2 channels_last", True, 2, torch.channels_last),
+)
+_ROI_SCALE = 0.4771
+# NMS configurations: label, boxes, kind, iou threshold, batched (80 classes)
+_NMS_CONFIGS = (
+    ("random 300 iou0.5", 300, "random", 0.5, False),
+    ("clustered 1000 iou0.7", 1000, "clustered", 0.7, False),
+    ("clustered 1000 iou0.5 80 classes", 1000, "clustered", 0.5, True),
+)
+
+
+def _roi_inputs(seed):
+    """bf16-exact features (2, 3, 9, 11) and 6 RoIs on a 1/8 grid (exact in every dtype): partly
+    outside the map, both images, one tiny RoI and one with x2 < x1, y2 < y1."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64).to(torch.bfloat16).double()
+    x = torch.where(x.abs() < 1e-2, torch.full_like(x, 0.25), x)
+    K = 6
+    x1 = torch.randint(-40, 170, (K,), generator=gen) / 8
+    y1 = torch.randint(-40, 140, (K,), generator=gen) / 8
+    bw = torch.randint(2, 100, (K,), generator=gen) / 8
+    bh = torch.randint(2, 90, (K,), generator=gen) / 8
+    boxes = torch.stack([x1, y1, x1 + bw, y1 + bh], 1).double()
+    boxes[1] = torch.tensor([5.0, 6.0, 5.125, 6.25])
+    boxes[2] = torch.tensor([12.0, 10.0, 7.0, 4.0])
+    rois = torch.cat([torch.tensor([0.0, 1, 0, 1, 1, 0])[:, None], boxes], 1)
+    return x, rois
+
+
+def _torch_roi(name):
+    """torchvision's op (the plain torch implementation of the 2x rule) or None where it is missing."""
+    try:
+        import torchvision.ops
+    except ImportError:
+        return None
+    return getattr(torchvision.ops, name)
+
+
+def _nms_inputs(n, kind, seed):
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        xy = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 200
+        wh = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 60 + 1
+    else:  # a few objects, many jittered detections of each
+        centers = torch.rand(max(n // 25, 1), 2, generator=gen, dtype=torch.float64) * 200
+        pick = torch.randint(0, centers.shape[0], (n,), generator=gen)
+        base = torch.rand(centers.shape[0], 2, generator=gen, dtype=torch.float64) * 40 + 10
+        xy = centers[pick] + torch.randn(n, 2, generator=gen, dtype=torch.float64) * 3
+        wh = base[pick] * (1 + 0.15 * torch.randn(n, 2, generator=gen, dtype=torch.float64)).clamp(min=0.3)
+    boxes = torch.cat([xy, xy + wh], 1).float()
+    scores = torch.rand(n, generator=gen)
+    idxs = torch.randint(0, 80, (n,), generator=gen)
+    return boxes, scores, idxs
+
+
+def _keep_err(got, want):
+    """0 when the kept indices are identical (same order), else the number of positions that differ."""
+    got, want = got.cpu().tolist(), want.cpu().tolist()
+    return float(sum(a != b for a, b in zip(got, want)) + abs(len(got) - len(want)))
+
+
+def _detection_cases(device):
+    from reference.ops import nms as ref_nms
+    from reference.ops import roi as ref
+
+    from .ops.nms import batched_nms, nms
+    from .ops.roi import roi_align, roi_pool
+
+    PH, PW = 3, 2
+    for backend in _backends_here("roi_align", device):
+        for ci, (label, aligned, sr, fmt) in enumerate(_ROI_ALIGN_CONFIGS):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                def run(ci=ci, aligned=aligned, sr=sr, fmt=fmt, dtype=dtype, backend=backend):
+                    x64, rois64 = _roi_inputs(100 + ci)
+                    g64 = torch.randn(rois64.shape[0], x64.shape[1], PH, PW, dtype=torch.float64,
+                                      generator=torch.Generator().manual_seed(1)).to(dtype).double()
+                    tv = _torch_roi("roi_align")
+                    outs = {}
+                    for who in ("kernel", "ref", "torch"):
+                        dt, dev = (torch.float64, "cpu") if who == "ref" else (dtype, device)
+                        if who == "torch" and tv is None:
+                            # no torchvision: the float64 oracle rounded to the dtype (one rounding,
+                            # the least error any implementation in that precision can have)
+                            outs[who] = tuple(t.to(dtype) for t in outs["ref"])
+                            continue
+                        x = x64.to(dev, dt)
+                        if fmt is not None:
+                            x = x.contiguous(memory_format=fmt)
+                        x.requires_grad_()
+                        rois = rois64.to(dev, dt)
+                        if who == "kernel":
+                            y = roi_align(x, rois, (PH, PW), _ROI_SCALE, sr, aligned, backend=backend)
+                        elif who == "torch":
+                            y = tv(x, rois, (PH, PW), _ROI_SCALE, sr, aligned)
+                        else:
+                            y = ref.roi_align(x, rois, (PH, PW), _ROI_SCALE, sr, aligned)
+                        g = g64.to(dev, y.dtype)
+                        gx = torch.autograd.grad(y, x, g)[0] if y.requires_grad else torch.zeros_like(x)
+                        outs[who] = (y.detach(), gx)
+                        if who == "kernel" and fmt is not None and not gx.is_contiguous(memory_format=fmt):
+                            raise AssertionError("grad_input lost the channels_last layout")
+                    for i, name in enumerate(("output", "grad_input")):
+                        kk, t, o = (outs[who][i].cpu() for who in ("kernel", "torch", "ref"))
+                        yield name, max_err(kk, o), _allowed(o, t, kk.dtype)
+
+                yield "roi_align", backend, label, dtype, run
+
+    for backend in _backends_here("roi_pool", device):
+        for label, fmt in (("roi_pool", None), ("roi_pool channels_last", torch.channels_last)):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                def run(fmt=fmt, dtype=dtype, backend=backend):
+                    x64, rois64 = _roi_inputs(7)
+                    tv = _torch_roi("roi_pool")
+                    x = x64.to(device, dtype)
+                    if fmt is not None:
+                        x = x.contiguous(memory_format=fmt)
+                    rois = rois64.to(device, dtype)
+                    got = roi_pool(x, rois, (PH, PW), _ROI_SCALE, backend=backend).cpu()
+                    want = ref.roi_pool(x64, rois64, (PH, PW), _ROI_SCALE)
+                    t = tv(x, rois, (PH, PW), _ROI_SCALE).cpu() if tv is not None else want.to(dtype)
+                    yield "output", max_err(got, want), _allowed(want, t, dtype)
+
+                yield "roi_pool", backend, label, dtype, run
+
+    for backend in _backends_here("nms", device):
+        for ci, (label, n, kind, thr, batched) in enumerate(_NMS_CONFIGS):
+            def run(ci=ci, n=n, kind=kind, thr=thr, batched=batched, backend=backend):
+                boxes, scores, idxs = _nms_inputs(n, kind, 200 + ci)
+                b, s, i = boxes.to(device), scores.to(device), idxs.to(device)
+                if batched:
+                    got = batched_nms(b, s, i, thr, backend=backend)
+                    want = ref_nms.batched_nms(boxes, scores, idxs, thr)
+                else:
+                    got = nms(b, s, thr, backend=backend)
+                    want = ref_nms.nms(boxes, scores, thr)
+                # the kept indices must be the reference's, exactly
+                yield "keep", _keep_err(got, want), 0.0
+
+            yield "batched_nms" if batched else "nms", backend, label, torch.float32, run
+
+
 CHECKS = {
     "batch_norm_relu": _batch_norm_relu_cases,
     "conv": _conv_cases,
     "attention": _attention_cases,
     "window_attention": _window_attention_cases,
     "diffusion": _diffusion_cases,
+    "detection": _detection_cases,
 }
 
 

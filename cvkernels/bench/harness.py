@@ -53,6 +53,7 @@ SUITES = {
     "attention": "cvkernels.bench.attention",
     "batch_norm": "cvkernels.bench.batch_norm",
     "conv": "cvkernels.bench.conv",
+    "detection": "cvkernels.bench.detection",
     "diffusion": "cvkernels.bench.diffusion",
 }
 ALIASES = {
@@ -61,6 +62,7 @@ ALIASES = {
     "conv2d": "conv", "depthwise": "conv", "conv_transpose2d": "conv", "convolution": "conv",
     "ddim": "diffusion", "ddpm": "diffusion", "scheduler": "diffusion", "sampler": "diffusion",
     "flash_attention": "attention", "sdpa": "attention", "window_attention": "attention", "swin": "attention",
+    "roi": "detection", "roi_align": "detection", "nms": "detection",
 }
 
 DTYPE_NAMES = {
