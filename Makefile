@@ -8,13 +8,15 @@
 
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-DEPS := triton numpy pytest pytest-benchmark hypothesis matplotlib ninja pybind11 setuptools wheel diffusers
+# pytest workers: the Triton interpreter runs Python, one core per worker
+TEST_WORKERS ?= 2
+DEPS := triton numpy pytest pytest-benchmark hypothesis matplotlib ninja pybind11 setuptools wheel diffusers pytest-xdist
 
 .PHONY: setup build check test bench info clean
 
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	@$(PYTHON) -c "import triton, numpy, pytest, pytest_benchmark, hypothesis, matplotlib, ninja, pybind11, importlib.util as u; assert u.find_spec('diffusers')" 2>/dev/null \
+	@$(PYTHON) -c "import triton, numpy, pytest, pytest_benchmark, hypothesis, matplotlib, ninja, pybind11, xdist, importlib.util as u; assert u.find_spec('diffusers')" 2>/dev/null \
 		|| $(PIP) install -q $(DEPS)
 	@$(MAKE) --no-print-directory build
 
@@ -25,7 +27,7 @@ check: setup
 	$(PYTHON) -m cvkernels check
 
 test: setup
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 bench: setup
 	$(PYTHON) -m cvkernels bench
