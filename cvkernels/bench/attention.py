@@ -598,7 +598,6 @@ def after_run(report, device, stream):
 
 
 def _after_run(report, device, stream):
-    import csv
     from collections import Counter
 
     from . import harness
@@ -624,14 +623,8 @@ def _after_run(report, device, stream):
             if png in report.plot_paths and device.type == "cuda":  # CPU: not worth another plot
                 harness.plot_family(rows + best, FAMILY, png, env)
     if report.csv_path is not None:
-        path = report.csv_path.parent / f"{report.csv_path.stem}-{FAMILY}-metrics.csv"
         table = metrics_rows(rows + best, report.meta.get("peaks") or {}, winners)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(table[0]))
-            w.writeheader()
-            for row in table:
-                w.writerow({k: (("" if math.isnan(v) else f"{v:.6g}") if isinstance(v, float) else v)
-                            for k, v in row.items()})
+        path = harness.write_metrics_csv(table, report.csv_path, FAMILY)
         print(f"attention: wrote {path}", file=stream, flush=True)
 
 

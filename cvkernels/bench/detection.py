@@ -474,7 +474,7 @@ def metrics_rows(results) -> List[Dict]:
 def after_run(report, device, stream):
     """Prints NMS throughput (Mboxes/s) and writes the detection metrics CSV. Never raises."""
     try:
-        import csv
+        from . import harness
         rows = metrics_rows(report.results)
         if not rows:
             return
@@ -486,13 +486,7 @@ def after_run(report, device, stream):
                              f"{r['boxes_per_s'] / 1e6:9.4g} Mboxes/s")
             print("\n".join(lines), file=stream, flush=True)
         if report.csv_path is not None:
-            path = report.csv_path.parent / f"{report.csv_path.stem}-{FAMILY}-metrics.csv"
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                for row in rows:
-                    w.writerow({k: (("" if math.isnan(v) else f"{v:.6g}") if isinstance(v, float) else v)
-                                for k, v in row.items()})
+            path = harness.write_metrics_csv(rows, report.csv_path, FAMILY)
             print(f"detection: wrote {path}", file=stream, flush=True)
     except Exception as exc:  # noqa: BLE001
         print(f"detection: derived metrics failed: {type(exc).__name__}: {exc}", file=stream, flush=True)

@@ -387,6 +387,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def write_metrics_csv(rows: Sequence[Dict[str, Any]], csv_path, family: str) -> Path:
+    """A suite's derived-metrics table beside the run's CSV: ``<csv stem>-<family>-metrics.csv``
+    (floats as in the main CSV, NaN as empty)."""
+    path = Path(csv_path).parent / f"{Path(csv_path).stem}-{family}-metrics.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in row.items()})
+    return path
+
+
 def result_row(r: Result, env: Dict[str, str]) -> Dict[str, str]:
     row = {k: _fmt(getattr(r, k)) for k in CSV_COLUMNS if hasattr(r, k)}
     for k in ("device", "torch", "triton", "cuda", "git_sha", "date"):
