@@ -73,6 +73,27 @@ int grid_for(int64_t n) {
   return static_cast<int>(b < 1 ? 1 : b);
 }
 
+// Output element idx -> (roi r, channel c, bin ph, pw). c_fast: channels vary fastest (the order
+// that reads a channels_last input coalesced); otherwise bins vary fastest.
+__device__ __forceinline__ void decode_output_index(const Problem& p, int64_t idx, bool c_fast, int64_t& r,
+                                                    int64_t& c, int& ph, int& pw) {
+  if (c_fast) {
+    c = idx % p.C;
+    int64_t t = idx / p.C;
+    pw = static_cast<int>(t % p.PW);
+    t /= p.PW;
+    ph = static_cast<int>(t % p.PH);
+    r = t / p.PH;
+  } else {
+    pw = static_cast<int>(idx % p.PW);
+    int64_t t = idx / p.PW;
+    ph = static_cast<int>(t % p.PH);
+    t /= p.PH;
+    c = t % p.C;
+    r = t / p.C;
+  }
+}
+
 // ------------------------------------------------------------------------------ forward
 
 template <typename T, typename A>
@@ -85,21 +106,7 @@ __global__ void __launch_bounds__(kThreads, 2) align_forward_kernel(Problem p, c
        idx += int64_t(gridDim.x) * blockDim.x) {
     int64_t r, c;
     int ph, pw;
-    if (c_fast) {
-      c = idx % p.C;
-      int64_t t = idx / p.C;
-      pw = static_cast<int>(t % p.PW);
-      t /= p.PW;
-      ph = static_cast<int>(t % p.PH);
-      r = t / p.PH;
-    } else {
-      pw = static_cast<int>(idx % p.PW);
-      int64_t t = idx / p.PW;
-      ph = static_cast<int>(t % p.PH);
-      t /= p.PH;
-      c = t % p.C;
-      r = t / p.C;
-    }
+    decode_output_index(p, idx, c_fast, r, c, ph, pw);
     const int64_t o = ((r * p.C + c) * p.PH + ph) * p.PW + pw;
     const A* roi = rois + r * 5;
     const int64_t n = static_cast<int64_t>(roi[0]);
@@ -154,21 +161,7 @@ __global__ void __launch_bounds__(kThreads, 2) pool_forward_kernel(Problem p, co
        idx += int64_t(gridDim.x) * blockDim.x) {
     int64_t r, c;
     int ph, pw;
-    if (c_fast) {
-      c = idx % p.C;
-      int64_t t = idx / p.C;
-      pw = static_cast<int>(t % p.PW);
-      t /= p.PW;
-      ph = static_cast<int>(t % p.PH);
-      r = t / p.PH;
-    } else {
-      pw = static_cast<int>(idx % p.PW);
-      int64_t t = idx / p.PW;
-      ph = static_cast<int>(t % p.PH);
-      t /= p.PH;
-      c = t % p.C;
-      r = t / p.C;
-    }
+    decode_output_index(p, idx, c_fast, r, c, ph, pw);
     const int64_t o = ((r * p.C + c) * p.PH + ph) * p.PW + pw;
     const A* roi = rois + r * 5;
     const int64_t n = static_cast<int64_t>(roi[0]);
