@@ -1,8 +1,9 @@
 """Registry of the reference models of the documented architectures (shared/ARCHITECTURES.md).
 
 Each model module (``reference/models/<name>.py``) registers its models when it is imported;
-the registry imports the modules listed in ``_MODULES`` on first use, so importing
-``reference.models`` stays cheap and a module can ``from reference.models import register``
+the registry imports every module of this package (except ``flops`` and names starting with an
+underscore, which are helpers) on first use, so importing ``reference.models`` stays cheap, a new
+model file needs no edit here, and a module can ``from reference.models import register``
 without an import cycle.
 
     from reference import models
@@ -22,14 +23,22 @@ Nothing here imports cvkernels, torchvision or timm.
 """
 import dataclasses
 import importlib
+import os
+import pkgutil
 from typing import Any, Callable, Dict, Optional, Tuple
 
 __all__ = ["Figure", "ModelSpec", "register", "list_models", "get", "create", "create_small",
            "example_input"]
 
-# model modules that register models when imported (add new files here)
-_MODULES = ("resnet", "alexnet", "mobilenet_v1", "xception", "shufflenet_v1", "efficientnet", "deeplab", "fcn",
-            "unet", "dcgan", "oct_denoiser", "transformer", "bert", "vit", "swin", "detr", "ddpm")
+# modules of this package that hold helpers, not models
+_HELPER_MODULES = ("flops",)
+
+
+def _model_modules():
+    """The model modules of this package, sorted (registration order does not matter)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return sorted(info.name for info in pkgutil.iter_modules([here])
+                  if not info.name.startswith("_") and info.name not in _HELPER_MODULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +93,7 @@ def _load():
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in _MODULES:
+        for module in _model_modules():
             importlib.import_module(f"{__name__}.{module}")
 
 
