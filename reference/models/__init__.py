@@ -27,8 +27,8 @@ import os
 import pkgutil
 from typing import Any, Callable, Dict, Optional, Tuple
 
-__all__ = ["Figure", "ModelSpec", "register", "list_models", "get", "create", "create_small",
-           "example_input"]
+__all__ = ["Figure", "ModelSpec", "register", "register_unmodelled", "list_models", "unmodelled", "get", "create",
+           "create_small", "example_input"]
 
 # modules of this package that hold helpers, not models
 _HELPER_MODULES = ("flops",)
@@ -72,6 +72,7 @@ class ModelSpec:
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
+_UNMODELLED: Dict[str, str] = {}
 _loaded = False
 
 
@@ -87,6 +88,22 @@ def register(name, factory, small_config=None, example_input=None, families=(), 
     _REGISTRY[name] = ModelSpec(name, factory, dict(small_config or {}), example_input, tuple(families),
                                 figs, doc or (factory.__doc__ or "").strip().split("\n")[0])
     return _REGISTRY[name]
+
+
+def register_unmodelled(name, reason):
+    """Records an architecture of ARCHITECTURES.md that has no reference model, and why not
+    (e.g. a family the documents name without any configuration anywhere)."""
+    if name in _UNMODELLED or name in _REGISTRY:
+        raise ValueError(f"architecture {name!r} is already recorded")
+    if not reason:
+        raise ValueError(f"architecture {name!r}: a reason is required")
+    _UNMODELLED[name] = reason
+
+
+def unmodelled():
+    """{architecture: reason} for the documented architectures without a reference model."""
+    _load()
+    return dict(sorted(_UNMODELLED.items()))
 
 
 def _load():
