@@ -61,6 +61,20 @@ TORCH_LIBRARY(cvkernels, m) {
       "roi_align_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
       "int pooled_width, int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned, "
       "int mode, bool channels_last, bool deterministic) -> Tensor");
+  // RoI Align over FPN levels in one launch (MultiScaleRoIAlign): features = 1 to 8 levels of one
+  // N, C and dtype (H, W and layout may differ); RoI r reads features[levels[r]] (levels int64 (K,))
+  // at spatial_scales[levels[r]]. Outputs as roi_align_forward's. A RoI whose level is outside
+  // [0, len(features)) is an error on the CPU; on CUDA (no host sync) it reads nothing and gives zeros.
+  m.def(
+      "roi_align_multilevel_forward(Tensor[] features, Tensor rois, Tensor levels, float[] spatial_scales, "
+      "int pooled_height, int pooled_width, int sampling_ratio, bool aligned, int mode) -> (Tensor, Tensor)");
+  // One gradient per level, (batch_size, channels, heights[l], widths[l]) in grad's dtype,
+  // channels_last[l] as asked; `deterministic` as roi_align_backward's.
+  m.def(
+      "roi_align_multilevel_backward(Tensor grad, Tensor rois, Tensor levels, Tensor argmax, "
+      "float[] spatial_scales, int pooled_height, int pooled_width, int batch_size, int channels, int[] heights, "
+      "int[] widths, int sampling_ratio, bool aligned, int mode, bool[] channels_last, bool deterministic) "
+      "-> Tensor[]");
   m.def(
       "roi_pool_forward(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width) "
       "-> (Tensor, Tensor)");
@@ -77,4 +91,25 @@ TORCH_LIBRARY(cvkernels, m) {
   m.def(
       "nms_padded(Tensor boxes, Tensor scores, Tensor? idxs, float iou_threshold, float? score_threshold, "
       "int max_output) -> (Tensor, Tensor)");
+
+  // Volume rendering (NeRF quadrature; semantics and gradients: csrc/include/cvk_volume_render.h).
+  // sigmas (N,) and features (N, F) of one floating dtype; t_starts / t_ends (N,) in float32 (float64
+  // for float64 samples); packed rays: offsets (num_rays + 1,) int64, ray r owning samples
+  // offsets[r] .. offsets[r + 1]; dense rays: offsets None and N / num_rays samples per ray.
+  // background None, (F,) or (num_rays, F). Samples are kept while the transmittance before them is
+  // >= transmittance_threshold. Returns color (R, F), opacity (R,), depth (R,), expected_depth (R,)
+  // in the samples' dtype, weights (N,) (empty unless return_weights; 0 for dropped samples) and
+  // num_kept (R,) int64.
+  m.def(
+      "volume_render_forward(Tensor sigmas, Tensor features, Tensor t_starts, Tensor t_ends, Tensor? offsets, "
+      "int num_rays, Tensor? background, float transmittance_threshold, bool return_weights) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients for sigmas, features and (t_grad) t_starts / t_ends (empty otherwise), given the
+  // upstream gradients of the four per-ray outputs (zeros where unused) and of the weights (None when
+  // unused), and the forward's opacity, depth and num_kept.
+  m.def(
+      "volume_render_backward(Tensor grad_color, Tensor grad_opacity, Tensor grad_depth, "
+      "Tensor grad_expected_depth, Tensor? grad_weights, Tensor sigmas, Tensor features, Tensor t_starts, "
+      "Tensor t_ends, Tensor? offsets, int num_rays, Tensor? background, Tensor opacity, Tensor depth, "
+      "Tensor num_kept, bool t_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -39,11 +39,12 @@ FAMILIES = {
     "roi_pool": {"gpu": ("cuda",), "cpu": ("cpp",)},
     "nms": {"gpu": ("cuda",), "cpu": ("cpp",)},
     "diffusion": {"gpu": ("triton",), "cpu": ("triton",)},
+    "volume_render": {"gpu": ("cuda",), "cpu": ("cpp",)},
 }
 
 # the CUDA C++ op whose registration says a family's "cuda" backend was built
 _CUDA_OPS = {"depthwise_conv2d": "depthwise_conv2d_forward", "roi_align": "roi_align_forward",
-             "roi_pool": "roi_pool_forward", "nms": "nms_padded"}
+             "roi_pool": "roi_pool_forward", "nms": "nms_padded", "volume_render": "volume_render_forward"}
 
 # Recorded measurements: {family: {shape class: backend}} for families with two GPU kernels,
 # written by `python -m cvkernels bench --record-dispatch` on a GPU (the faster backend per

@@ -51,7 +51,7 @@ def has_op(name) -> bool:
 
 
 # one CUDA C++ op per family that has CUDA kernels
-CUDA_OPS = ("depthwise_conv2d_forward", "roi_align_forward", "nms_padded")
+CUDA_OPS = ("depthwise_conv2d_forward", "roi_align_forward", "nms_padded", "volume_render_forward")
 
 
 def has_cuda_ops(op=None) -> bool:
