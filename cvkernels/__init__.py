@@ -18,12 +18,15 @@ Public API (drop-in signatures of the torch / torchvision operators they replace
     cvkernels.roi_pool(input, boxes, output_size, spatial_scale)
     cvkernels.nms / batched_nms / box_iou (torchvision's signatures), nms_padded (sync-free)
     cvkernels.patch_torchvision()   route torchvision.ops RoI/NMS to cvkernels while active
+    cvkernels.volume_render(sigmas, features, t_starts, t_ends, *, offsets / counts / ray_indices,
+                            background, transmittance_threshold)   NeRF compositing, packed or dense
+    cvkernels.positional_encoding / stratified_samples / sample_pdf   NeRF's encoding and samplers
     cvkernels.ddpm_step / ddim_step / euler_ancestral_step / dpmpp_step   fused sampler steps
     cvkernels.diffusion.{DDPM,DDIM,EulerAncestralDiscrete,DPMSolverMultistep}Scheduler
                                       diffusers-compatible schedulers on the fused step kernels
     cvkernels.nn.BatchNormReLU2d, cvkernels.nn.SyncBatchNormReLU, cvkernels.nn.Conv2d,
     cvkernels.nn.ConvTranspose2d, cvkernels.nn.MultiheadAttention, cvkernels.nn.WindowAttention,
-    cvkernels.nn.RoIAlign, cvkernels.nn.RoIPool, cvkernels.nn.MultiScaleRoIAlign
+    cvkernels.nn.RoIAlign, cvkernels.nn.RoIPool, cvkernels.nn.MultiScaleRoIAlign, cvkernels.nn.VolumeRenderer
     cvkernels.convert(model)          swap supported modules / patterns in an existing model
     cvkernels.has_ops()               whether the compiled C++/CUDA library is loaded
 """
@@ -34,6 +37,8 @@ from .ops.attention import flash_attn_func, scaled_dot_product_attention
 from .ops.window_attention import shifted_window_attention, window_attention
 from .ops.roi import patch_torchvision, roi_align, roi_pool
 from .ops.nms import batched_nms, box_iou, nms, nms_padded
+from .ops.volume_render import (VolumeRenderOutput, positional_encoding, sample_pdf, stratified_samples,
+                                volume_render)
 from .ops.diffusion import ddim_step, ddpm_step, dpmpp_step, euler_ancestral_step
 from . import diffusion  # noqa: E402
 from . import nn  # noqa: E402
@@ -45,5 +50,6 @@ __all__ = [
     "batch_norm_relu", "batch_norm_add_relu", "conv2d", "conv_transpose2d", "scaled_dot_product_attention", "flash_attn_func",
     "shifted_window_attention", "window_attention", "diffusion", "ddpm_step", "ddim_step",
     "euler_ancestral_step", "dpmpp_step", "roi_align", "roi_pool", "nms", "batched_nms", "nms_padded", "box_iou",
-    "patch_torchvision", "convert", "has_ops", "has_cuda_ops", "load_error", "nn",
+    "patch_torchvision", "volume_render", "VolumeRenderOutput", "positional_encoding", "stratified_samples",
+    "sample_pdf", "convert", "has_ops", "has_cuda_ops", "load_error", "nn",
 ]

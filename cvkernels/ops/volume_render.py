@@ -298,3 +298,68 @@ def volume_render(sigmas: Tensor, features: Tensor, t_starts: Tensor, t_ends: Te
     weights = out.weights.reshape(lead + (S,)) if return_weights else out.weights
     return VolumeRenderOutput(out.color.reshape(lead + (F,)), out.opacity.reshape(lead), out.depth.reshape(lead),
                               out.expected_depth.reshape(lead), weights, out.num_kept.reshape(lead))
+
+
+# ----------------------------------------------------------------------------- sampling helpers
+
+def positional_encoding(x: Tensor, num_freqs: int) -> Tensor:
+    """NeRF's gamma (the official code's embedder): x (..., D) -> (..., D (1 + 2 num_freqs)) =
+    cat([x, sin(2^0 x), cos(2^0 x), ..., sin(2^(L-1) x), cos(2^(L-1) x)]) (input included, no pi)."""
+    if num_freqs < 0:
+        raise ValueError(f"positional_encoding: num_freqs must be >= 0, got {num_freqs}")
+    freqs = 2.0 ** torch.arange(num_freqs, dtype=x.dtype, device=x.device)
+    scaled = x.unsqueeze(-2) * freqs.unsqueeze(-1)                     # (..., L, D)
+    waves = torch.stack([torch.sin(scaled), torch.cos(scaled)], -2)    # (..., L, 2, D)
+    return torch.cat([x, waves.flatten(-3)], -1)
+
+
+def stratified_samples(near: Tensor, far: Tensor, n_samples: int, perturb: bool = True,
+                       generator: Optional[torch.Generator] = None) -> Tensor:
+    """Stratified depths (NeRF eq. 2): near, far (R,) -> z (R, n_samples), increasing per ray.
+
+    The grid z_i = lerp(near, far, i / (S - 1)); with ``perturb`` each z_i is redrawn uniformly
+    between the neighbouring grid mid-points (the ray's ends close the first and last intervals)
+    from one ``torch.rand((R, S), generator=generator)`` call: the same draws as
+    reference.models.nerf.stratified_samples under the same generator state.
+    """
+    if n_samples < 1:
+        raise ValueError(f"stratified_samples: n_samples must be >= 1, got {n_samples}")
+    s = torch.linspace(0.0, 1.0, n_samples, dtype=near.dtype, device=near.device)
+    z = torch.lerp(near.unsqueeze(-1), far.unsqueeze(-1), s)
+    if not perturb:
+        return z
+    edges = torch.cat([z[:, :1], 0.5 * (z[:, 1:] + z[:, :-1]), z[:, -1:]], -1)  # (R, S + 1)
+    u = torch.rand(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    return edges[:, :-1] + (edges[:, 1:] - edges[:, :-1]) * u
+
+
+def sample_pdf(bins: Tensor, weights: Tensor, n_samples: int, deterministic: bool = False,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+    """Hierarchical (inverse-CDF) sampling of NeRF's fine pass (eq. 5).
+
+    bins (R, B + 1) interval edges, weights (R, B) (detached coarse weights) -> (R, n_samples)
+    depths, unsorted, drawn from the piecewise-constant pdf (weights + 1e-5) / sum: u from one
+    ``torch.rand((R, n_samples), generator=generator)`` call (``deterministic``: evenly spaced
+    u in [0, 1]), mapped through the piecewise-linear inverse CDF (an interval whose CDF step is
+    below 1e-5 maps u to its lower edge plus the fraction u - cdf_below). Same draws and results as
+    reference.models.nerf.sample_pdf.
+    """
+    if bins.dim() != 2 or weights.dim() != 2 or bins.shape[0] != weights.shape[0] \
+            or bins.shape[1] != weights.shape[1] + 1:
+        raise ValueError(f"sample_pdf: bins must be (R, B + 1) and weights (R, B), got {tuple(bins.shape)} and "
+                         f"{tuple(weights.shape)}")
+    pdf = weights.detach().to(bins.dtype) + 1e-5
+    pdf = pdf / pdf.sum(-1, keepdim=True)
+    cdf = torch.nn.functional.pad(torch.cumsum(pdf, -1), (1, 0))      # (R, B + 1), cdf[:, 0] = 0
+    shape = (bins.shape[0], n_samples)
+    if deterministic:
+        u = torch.linspace(0.0, 1.0, n_samples, dtype=bins.dtype, device=bins.device).expand(shape).contiguous()
+    else:
+        u = torch.rand(shape, generator=generator, dtype=bins.dtype, device=bins.device)
+    upper = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
+    lower = (upper - 1).clamp(min=0)
+    c0, c1 = cdf.gather(-1, lower), cdf.gather(-1, upper)
+    b0, b1 = bins.gather(-1, lower), bins.gather(-1, upper)
+    step = c1 - c0
+    frac = (u - c0) / torch.where(step < 1e-5, torch.ones_like(step), step)
+    return b0 + frac * (b1 - b0)
