@@ -3,6 +3,8 @@
 //
 // Parallel over rays; each ray is one sequential pass over its samples (forward) or a reverse pass
 // for Q followed by a forward pass (backward), accumulating in float (double for float64). The
+// transmittance is the running product T_{i+1} = T_i (1 - alpha_i) (one exp per sample; the CUDA
+// kernel takes exp of its scanned prefix instead, equal up to rounding). The
 // summation order is fixed per ray, so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -50,19 +52,18 @@ void forward_impl(const Tensor& sigmas, const Tensor& features, const Tensor& t_
       int64_t b, e;
       vr::ray_range(offsets, spr, r, n, &b, &e);
       std::fill(acc.begin(), acc.end(), A(0));
-      A prefix = 0, o = 0, d = 0;
+      A trans = 1, o = 0, d = 0;  // T_i as the running product of (1 - alpha): one exp per sample
       int64_t i = b;
       for (; i < e; ++i) {
-        const A trans = vr::exp_(-prefix);
         if (trans < thr) break;
-        const A tau = static_cast<A>(sig[i]) * (te[i] - ts[i]);
-        const A w = trans * vr::alpha_of(tau);
+        const A alpha = vr::alpha_of(static_cast<A>(sig[i]) * (te[i] - ts[i]));
+        const A w = trans * alpha;
         o += w;
         d += w * (A(0.5) * (ts[i] + te[i]));
         const T* c = feat + i * F;
         for (int64_t f = 0; f < F; ++f) acc[f] += w * static_cast<A>(c[f]);
         if (out_w) out_w[i] = static_cast<T>(w);
-        prefix += tau;
+        trans *= A(1) - alpha;
       }
       out_k[r] = i - b;
       if (out_w)
@@ -160,15 +161,14 @@ void backward_impl(const Tensor& g_color, const Tensor& g_opacity, const Tensor&
         const A alpha = vr::alpha_of(static_cast<A>(sig[i]) * (te[i] - ts[i]));
         q[j] = v[j] * alpha + (A(1) - alpha) * q[j + 1];
       }
-      A prefix = 0;
+      A trans = 1;
       for (int64_t j = 0; j < k; ++j) {
         const int64_t i = b + j;
         const A s = static_cast<A>(sig[i]), delta = te[i] - ts[i];
-        const A tau = s * delta;
-        const A trans = vr::exp_(-prefix);
-        const A w = trans * vr::alpha_of(tau);
-        prefix += tau;
-        const A g_tau = vr::exp_(-prefix) * (v[j] - q[j + 1]);
+        const A alpha = vr::alpha_of(s * delta);
+        const A w = trans * alpha;
+        trans *= A(1) - alpha;  // T_{i+1}
+        const A g_tau = trans * (v[j] - q[j + 1]);
         gs[i] = static_cast<T>(delta * g_tau);
         for (int64_t f = 0; f < F; ++f) gf[i * F + f] = static_cast<T>(w * gcr[f]);
         if (gts) {

@@ -55,6 +55,7 @@ SUITES = {
     "conv": "cvkernels.bench.conv",
     "detection": "cvkernels.bench.detection",
     "diffusion": "cvkernels.bench.diffusion",
+    "volume_render": "cvkernels.bench.volume_render",
 }
 ALIASES = {
     "bn": "batch_norm", "bn_relu": "batch_norm", "bn_add_relu": "batch_norm",
@@ -63,6 +64,7 @@ ALIASES = {
     "ddim": "diffusion", "ddpm": "diffusion", "scheduler": "diffusion", "sampler": "diffusion",
     "flash_attention": "attention", "sdpa": "attention", "window_attention": "attention", "swin": "attention",
     "roi": "detection", "roi_align": "detection", "nms": "detection",
+    "nerf": "volume_render", "volume_rendering": "volume_render", "vr": "volume_render",
 }
 
 DTYPE_NAMES = {

@@ -350,7 +350,9 @@ def sample_pdf(bins: Tensor, weights: Tensor, n_samples: int, deterministic: boo
                          f"{tuple(weights.shape)}")
     pdf = weights.detach().to(bins.dtype) + 1e-5
     pdf = pdf / pdf.sum(-1, keepdim=True)
-    cdf = torch.nn.functional.pad(torch.cumsum(pdf, -1), (1, 0))      # (R, B + 1), cdf[:, 0] = 0
+    # (R, B + 1): 0, the partial sums, and exactly 1 last (a rounded sum may end just below 1,
+    # which would send u = 1 past an empty last interval)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf[:, :-1], -1), torch.ones_like(pdf[:, :1])], -1)
     shape = (bins.shape[0], n_samples)
     if deterministic:
         u = torch.linspace(0.0, 1.0, n_samples, dtype=bins.dtype, device=bins.device).expand(shape).contiguous()
