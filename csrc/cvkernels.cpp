@@ -97,9 +97,9 @@ TORCH_LIBRARY(cvkernels, m) {
   // for float64 samples); packed rays: offsets (num_rays + 1,) int64, ray r owning samples
   // offsets[r] .. offsets[r + 1]; dense rays: offsets None and N / num_rays samples per ray.
   // background None, (F,) or (num_rays, F). Samples are kept while the transmittance before them is
-  // >= transmittance_threshold. Returns color (R, F), opacity (R,), depth (R,), expected_depth (R,)
-  // in the samples' dtype, weights (N,) (empty unless return_weights; 0 for dropped samples) and
-  // num_kept (R,) int64.
+  // >= transmittance_threshold. Returns color (R, F) and opacity (R,) in the samples' dtype, depth
+  // (R,) and expected_depth (R,) in the intervals' dtype, weights (N,) (samples' dtype; empty unless
+  // return_weights; 0 for dropped samples) and num_kept (R,) int64.
   m.def(
       "volume_render_forward(Tensor sigmas, Tensor features, Tensor t_starts, Tensor t_ends, Tensor? offsets, "
       "int num_rays, Tensor? background, float transmittance_threshold, bool return_weights) "

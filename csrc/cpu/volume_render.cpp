@@ -40,8 +40,8 @@ void forward_impl(const Tensor& sigmas, const Tensor& features, const Tensor& t_
   const int64_t bg_stride = background.defined() && background.dim() == 2 ? F : 0;
   T* out_c = color.mutable_data_ptr<T>();
   T* out_o = opacity.mutable_data_ptr<T>();
-  T* out_d = depth.mutable_data_ptr<T>();
-  T* out_e = expected.mutable_data_ptr<T>();
+  A* out_d = depth.mutable_data_ptr<A>();
+  A* out_e = expected.mutable_data_ptr<A>();
   T* out_w = weights.defined() ? weights.mutable_data_ptr<T>() : nullptr;
   int64_t* out_k = kept.mutable_data_ptr<int64_t>();
   const A thr = static_cast<A>(threshold);
@@ -73,8 +73,8 @@ void forward_impl(const Tensor& sigmas, const Tensor& features, const Tensor& t_
         out_c[r * F + f] = static_cast<T>(acc[f] + (A(1) - o) * bgf);
       }
       out_o[r] = static_cast<T>(o);
-      out_d[r] = static_cast<T>(d);
-      out_e[r] = static_cast<T>(o > A(0) ? d / o : A(0));
+      out_d[r] = d;
+      out_e[r] = o > A(0) ? d / o : A(0);
     }
   });
 }
@@ -89,8 +89,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> volume_render_forward
   check_cpu(op, "sigmas", sigmas);
   const int64_t R = num_rays, F = features.size(1), n = sigmas.size(0);
   const auto opts = sigmas.options();
-  Tensor color = at::empty({R, F}, opts), opacity = at::empty({R}, opts), depth = at::empty({R}, opts);
-  Tensor expected = at::empty({R}, opts);
+  const auto acc_opts = opts.dtype(vr::acc_type(sigmas.scalar_type()));
+  Tensor color = at::empty({R, F}, opts), opacity = at::empty({R}, opts), depth = at::empty({R}, acc_opts);
+  Tensor expected = at::empty({R}, acc_opts);
   // weights of samples outside every ray (only with malformed offsets) stay 0
   Tensor weights = return_weights ? at::zeros({n}, opts) : at::empty({0}, opts);
   Tensor kept = at::empty({R}, opts.dtype(at::kLong));
@@ -120,11 +121,11 @@ void backward_impl(const Tensor& g_color, const Tensor& g_opacity, const Tensor&
   const int64_t bg_stride = background.defined() && background.dim() == 2 ? F : 0;
   const T* gc = g_color.const_data_ptr<T>();
   const T* go = g_opacity.const_data_ptr<T>();
-  const T* gd = g_depth.const_data_ptr<T>();
-  const T* ge = g_expected.const_data_ptr<T>();
+  const A* gd = g_depth.const_data_ptr<A>();
+  const A* ge = g_expected.const_data_ptr<A>();
   const T* gw = g_weights.defined() ? g_weights.const_data_ptr<T>() : nullptr;
   const T* op_ = opacity.const_data_ptr<T>();
-  const T* dp = depth.const_data_ptr<T>();
+  const A* dp = depth.const_data_ptr<A>();
   const int64_t* kp = kept.const_data_ptr<int64_t>();
   T* gs = g_sig.mutable_data_ptr<T>();
   T* gf = g_feat.mutable_data_ptr<T>();
@@ -138,8 +139,7 @@ void backward_impl(const Tensor& g_color, const Tensor& g_opacity, const Tensor&
       vr::ray_range(offsets, spr, r, n, &b, &e);
       int64_t k = kp[r];
       k = k < 0 ? 0 : (k > e - b ? e - b : k);
-      const vr::RayGrad<A> rg = vr::ray_grad<A>(static_cast<A>(go[r]), static_cast<A>(gd[r]), static_cast<A>(ge[r]),
-                                                static_cast<A>(op_[r]), static_cast<A>(dp[r]));
+      const vr::RayGrad<A> rg = vr::ray_grad<A>(static_cast<A>(go[r]), gd[r], ge[r], static_cast<A>(op_[r]), dp[r]);
       A base = rg.base;
       for (int64_t f = 0; f < F; ++f) {
         gcr[f] = static_cast<A>(gc[r * F + f]);

@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Problem p, const T* _
                                                            const T* __restrict__ feat, const A* __restrict__ ts,
                                                            const A* __restrict__ te, const T* __restrict__ bg,
                                                            T* __restrict__ color, T* __restrict__ opacity,
-                                                           T* __restrict__ depth, T* __restrict__ expected,
+                                                           A* __restrict__ depth, A* __restrict__ expected,
                                                            T* __restrict__ weights, int64_t* __restrict__ kept) {
   const int lane = threadIdx.x % kWarp;
   const int64_t F = p.F;
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Problem p, const T* _
     }
     if (lane == 0) {
       opacity[r] = store<T, A>(o);
-      depth[r] = store<T, A>(d);
-      expected[r] = store<T, A>(o > A(0) ? d / o : A(0));
+      depth[r] = d;
+      expected[r] = o > A(0) ? d / o : A(0);
       kept[r] = n_kept;
     }
   }
@@ -126,10 +126,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Problem p, const T* _
 
 template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads) backward_kernel(
-    Problem p, const T* __restrict__ gc, const T* __restrict__ go, const T* __restrict__ gd,
-    const T* __restrict__ ge, const T* __restrict__ gw, const T* __restrict__ sig, const T* __restrict__ feat,
+    Problem p, const T* __restrict__ gc, const T* __restrict__ go, const A* __restrict__ gd,
+    const A* __restrict__ ge, const T* __restrict__ gw, const T* __restrict__ sig, const T* __restrict__ feat,
     const A* __restrict__ ts, const A* __restrict__ te, const T* __restrict__ bg, const T* __restrict__ opacity,
-    const T* __restrict__ depth, const int64_t* __restrict__ kept, A* ws, T* gs, T* __restrict__ gf,
+    const A* __restrict__ depth, const int64_t* __restrict__ kept, A* ws, T* gs, T* __restrict__ gf,
     A* __restrict__ gts, A* __restrict__ gte) {
   const int lane = threadIdx.x % kWarp;
   const int64_t F = p.F;
@@ -139,8 +139,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
     int64_t k = kept[r];
     k = k < 0 ? 0 : (k > e - b ? e - b : k);
     const int64_t end = b + k;
-    const vr::RayGrad<A> rg = vr::ray_grad<A>(load<T, A>(go + r), load<T, A>(gd + r), load<T, A>(ge + r),
-                                              load<T, A>(opacity + r), load<T, A>(depth + r));
+    const vr::RayGrad<A> rg = vr::ray_grad<A>(load<T, A>(go + r), gd[r], ge[r], load<T, A>(opacity + r), depth[r]);
     A base_v = rg.base;
     if (bg != nullptr) {
       const T* bgr = bg + (p.bg_per_ray ? r * F : 0);
@@ -225,7 +224,7 @@ cudaError_t run_forward(const Problem& p, const void* sigmas, const void* featur
   forward_kernel<T, A><<<grid_for(p.R), kThreads, 0, stream>>>(
       p, static_cast<const T*>(sigmas), static_cast<const T*>(features), static_cast<const A*>(t_starts),
       static_cast<const A*>(t_ends), static_cast<const T*>(background), static_cast<T*>(color),
-      static_cast<T*>(opacity), static_cast<T*>(depth), static_cast<T*>(expected), static_cast<T*>(weights),
+      static_cast<T*>(opacity), static_cast<A*>(depth), static_cast<A*>(expected), static_cast<T*>(weights),
       num_kept);
   return cudaGetLastError();
 }
@@ -237,10 +236,10 @@ cudaError_t run_backward(const Problem& p, const void* gc, const void* go, const
                          const int64_t* num_kept, void* workspace, void* gs, void* gf, void* gts, void* gte,
                          cudaStream_t stream) {
   backward_kernel<T, A><<<grid_for(p.R), kThreads, 0, stream>>>(
-      p, static_cast<const T*>(gc), static_cast<const T*>(go), static_cast<const T*>(gd),
-      static_cast<const T*>(ge), static_cast<const T*>(gw), static_cast<const T*>(sigmas),
+      p, static_cast<const T*>(gc), static_cast<const T*>(go), static_cast<const A*>(gd),
+      static_cast<const A*>(ge), static_cast<const T*>(gw), static_cast<const T*>(sigmas),
       static_cast<const T*>(features), static_cast<const A*>(t_starts), static_cast<const A*>(t_ends),
-      static_cast<const T*>(background), static_cast<const T*>(opacity), static_cast<const T*>(depth), num_kept,
+      static_cast<const T*>(background), static_cast<const T*>(opacity), static_cast<const A*>(depth), num_kept,
       static_cast<A*>(workspace), static_cast<T*>(gs), static_cast<T*>(gf), static_cast<A*>(gts),
       static_cast<A*>(gte));
   return cudaGetLastError();

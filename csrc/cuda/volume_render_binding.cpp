@@ -59,8 +59,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> volume_render_forward
   const vr_cuda::Problem p = problem_of(op, sigmas, features, offsets, num_rays, spr, bg, transmittance_threshold);
   const auto opts = sigmas.options();
   const int64_t R = num_rays, F = features.size(1), n = sigmas.size(0);
-  Tensor color = at::empty({R, F}, opts), opacity = at::empty({R}, opts), depth = at::empty({R}, opts);
-  Tensor expected = at::empty({R}, opts), kept = at::empty({R}, opts.dtype(at::kLong));
+  const auto acc_opts = opts.dtype(vr::acc_type(sigmas.scalar_type()));
+  Tensor color = at::empty({R, F}, opts), opacity = at::empty({R}, opts), depth = at::empty({R}, acc_opts);
+  Tensor expected = at::empty({R}, acc_opts), kept = at::empty({R}, opts.dtype(at::kLong));
   // packed: weights of samples outside every ray (malformed offsets) are not written
   Tensor weights = !return_weights ? at::empty({0}, opts) : (p.offsets ? at::zeros({n}, opts) : at::empty({n}, opts));
   C10_CUDA_CHECK(vr_cuda::forward(dtype_of(sigmas), p, sigmas.const_data_ptr(), features.const_data_ptr(),

@@ -97,7 +97,7 @@ inline int64_t check_forward_args(const char* op, const at::Tensor& sigmas, cons
   return spr;
 }
 
-// The backward's per-ray gradients and saved outputs (in the samples' dtype) and grad_weights.
+// The backward's per-ray gradients and saved outputs and grad_weights.
 inline void check_backward_grads(const char* op, const at::Tensor& grad_color, const at::Tensor& grad_opacity,
                                  const at::Tensor& grad_depth, const at::Tensor& grad_expected_depth,
                                  const std::optional<at::Tensor>& grad_weights, const at::Tensor& sigmas,
@@ -105,12 +105,16 @@ inline void check_backward_grads(const char* op, const at::Tensor& grad_color, c
                                  int64_t num_rays, int64_t num_features) {
   check_per_ray(op, "grad_color", grad_color, num_rays, num_features, sigmas);
   check_same_dtype(op, "grad_color", grad_color, "sigmas", sigmas);
+  const at::ScalarType acc = acc_type(sigmas.scalar_type());
+  // colour and opacity in the samples' dtype, depths in the intervals' (accumulation) dtype
   const std::pair<const char*, const at::Tensor*> per_ray[] = {
-      {"grad_opacity", &grad_opacity}, {"grad_depth", &grad_depth}, {"grad_expected_depth", &grad_expected_depth},
-      {"opacity", &opacity}, {"depth", &depth}};
+      {"grad_opacity", &grad_opacity}, {"opacity", &opacity}, {"grad_depth", &grad_depth},
+      {"grad_expected_depth", &grad_expected_depth}, {"depth", &depth}};
   for (const auto& [name, t] : per_ray) {
     check_per_ray(op, name, *t, num_rays, -1, sigmas);
-    check_same_dtype(op, name, *t, "sigmas", sigmas);
+    const at::ScalarType want = t == &grad_opacity || t == &opacity ? sigmas.scalar_type() : acc;
+    CVK_CHECK_TYPE(t->scalar_type() == want, op, name, " must be ", dtype_name(want), ", got ",
+                   dtype_name(t->scalar_type()));
   }
   check_per_ray(op, "num_kept", num_kept, num_rays, -1, sigmas);
   CVK_CHECK_TYPE(num_kept.scalar_type() == at::kLong, op, "num_kept must be int64, got ",

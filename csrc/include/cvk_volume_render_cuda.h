@@ -5,10 +5,10 @@
 // float64). All arrays contiguous:
 //   sigmas T [N], features T [N][F], t_starts / t_ends A [N], offsets int64 [R + 1] or nullptr
 //   (dense: samples_per_ray each), background T [F] (bg_per_ray false) or [R][F] or nullptr;
-//   forward outputs color T [R][F], opacity / depth / expected T [R], weights T [N] or nullptr,
-//   num_kept int64 [R];
-//   backward inputs: the four per-ray gradients in T (zeros where unused), grad_weights T [N] or
-//   nullptr, the forward's opacity / depth / num_kept; outputs grad_sigmas T [N], grad_features
+//   forward outputs color T [R][F], opacity T [R], depth / expected A [R], weights T [N] or
+//   nullptr, num_kept int64 [R];
+//   backward inputs: the four per-ray gradients (colour / opacity in T, depths in A; zeros where
+//   unused), grad_weights T [N] or nullptr, the forward's opacity (T), depth (A) and num_kept; outputs grad_sigmas T [N], grad_features
 //   T [N][F], grad_t_starts / grad_t_ends A [N] or nullptr; `workspace` A [N] (may alias
 //   grad_sigmas when T == A). With packed rays the caller zeroes the outputs first (samples outside
 //   every ray are not written).

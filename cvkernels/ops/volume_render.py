@@ -25,7 +25,10 @@ _CUDA_MAX_FEATURES = 128
 
 class VolumeRenderOutput(NamedTuple):
     """Per-ray outputs (leading shape ``rays``: (R,) packed, the samples' leading dims dense) and
-    per-sample weights (the samples' shape; empty when not requested) and kept-sample counts."""
+    per-sample weights (the samples' shape; empty when not requested) and kept-sample counts.
+    color, opacity and weights have the samples' dtype; the depths float32 (float64 for float64
+    samples), the dtype of the intervals (a half-precision depth would overflow at NeRF's 1e10 last
+    interval)."""
     color: Tensor           # (*rays, F)
     opacity: Tensor         # (*rays,)
     depth: Tensor           # (*rays,)   sum of w_i t_i (not normalized)
@@ -41,8 +44,7 @@ if _extension.has_op("volume_render_forward"):
     def _fake_forward(sigmas, features, t_starts, t_ends, offsets, num_rays, background, transmittance_threshold,
                       return_weights):
         R, F = num_rays, features.shape[1]
-        per_ray = sigmas.new_empty((R,))
-        return (sigmas.new_empty((R, F)), per_ray, sigmas.new_empty((R,)), sigmas.new_empty((R,)),
+        return (sigmas.new_empty((R, F)), sigmas.new_empty((R,)), t_starts.new_empty((R,)), t_starts.new_empty((R,)),
                 sigmas.new_empty((sigmas.shape[0] if return_weights else 0,)),
                 sigmas.new_empty((R,), dtype=torch.int64))
 
@@ -75,13 +77,13 @@ class _VolumeRenderFunction(torch.autograd.Function):
         sigmas, features, t_starts, t_ends, offsets, background, opacity, depth, kept = ctx.saved_tensors
         R, F = ctx.num_rays, features.shape[1]
 
-        def per_ray(g, shape):
-            return sigmas.new_zeros(shape) if g is None else g.to(sigmas.dtype).contiguous()
+        def per_ray(g, like):
+            return like.new_zeros(like.shape) if g is None else g.to(like.dtype).contiguous()
 
-        g_color = per_ray(g_color, (R, F))
+        g_color = per_ray(g_color, sigmas.new_empty((R, F)))
         t_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
         g_sig, g_feat, g_ts, g_te = torch.ops.cvkernels.volume_render_backward(
-            g_color, per_ray(g_opacity, (R,)), per_ray(g_depth, (R,)), per_ray(g_expected, (R,)),
+            g_color, per_ray(g_opacity, opacity), per_ray(g_depth, depth), per_ray(g_expected, depth),
             None if g_weights is None else g_weights.to(sigmas.dtype).contiguous(), sigmas, features, t_starts,
             t_ends, offsets, R, background, opacity, depth, kept, t_grad)
         g_bg = None
@@ -117,8 +119,7 @@ def _render_dense_torch(sigmas, features, t_starts, t_ends, background, threshol
         color = color + (1 - opacity).unsqueeze(-1) * background.to(acc)
     expected = torch.where(opacity > 0, depth / torch.where(opacity > 0, opacity, 1), 0)
     out = sigmas.dtype
-    return VolumeRenderOutput(color.to(out), opacity.to(out), depth.to(out), expected.to(out), weights.to(out),
-                              num_kept)
+    return VolumeRenderOutput(color.to(out), opacity.to(out), depth, expected, weights.to(out), num_kept)
 
 
 def _render_packed_torch(sigmas, features, t_starts, t_ends, offsets, num_rays, background, threshold):
