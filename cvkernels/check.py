@@ -333,6 +333,23 @@ def _roi_inputs(seed):
     return x, rois
 
 
+# Multi-level RoI Align (MultiScaleRoIAlign's one launch): the RoIs of _roi_inputs spread over three
+# levels, 9 x 11 at _ROI_SCALE and 5 x 6, 3 x 3 at half and a quarter of it; level 2 gets no RoI
+_ROI_ML_SHAPES = ((9, 11), (5, 6), (3, 3))
+_ROI_ML_LEVELS = (0, 1, 1, 0, 1, 0)
+
+
+def _roi_multilevel_inputs(seed):
+    """bf16-exact levels (_ROI_ML_SHAPES, N = 2, C = 3), _roi_inputs' RoIs and their levels."""
+    x, rois = _roi_inputs(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    feats = [x]
+    for h, w in _ROI_ML_SHAPES[1:]:
+        f = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64).to(torch.bfloat16).double()
+        feats.append(torch.where(f.abs() < 1e-2, torch.full_like(f, 0.25), f))
+    return feats, rois, torch.tensor(_ROI_ML_LEVELS)
+
+
 def _torch_roi(name):
     """torchvision's op (the plain torch implementation of the 2x rule) or None where it is missing."""
     try:
@@ -370,7 +387,7 @@ def _detection_cases(device):
     from reference.ops import roi as ref
 
     from .ops.nms import batched_nms, nms
-    from .ops.roi import roi_align, roi_pool
+    from .ops.roi import _roi_align_per_level, roi_align, roi_align_multilevel, roi_pool
 
     PH, PW = 3, 2
     for backend in _backends_here("roi_align", device):
@@ -411,6 +428,43 @@ def _detection_cases(device):
 
                 yield "roi_align", backend, label, dtype, run
 
+    scales = [_ROI_SCALE / 2 ** level for level in range(len(_ROI_ML_SHAPES))]
+    for backend in _backends_here("roi_align", device):
+        for label, fmt in (("3 levels aligned sr=2", None), ("3 levels aligned sr=2 CL", torch.channels_last)):
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                def run(fmt=fmt, dtype=dtype, backend=backend):
+                    feats64, rois64, levels = _roi_multilevel_inputs(300)
+                    K = rois64.shape[0]
+                    g64 = torch.randn(K, 3, PH, PW, dtype=torch.float64,
+                                      generator=torch.Generator().manual_seed(2)).to(dtype).double()
+                    # the float64 oracle: each level's RoIs pooled from that level
+                    want, want_g = torch.zeros(K, 3, PH, PW, dtype=torch.float64), []
+                    for level, (f, scale) in enumerate(zip(feats64, scales)):
+                        sel = (levels == level).nonzero().flatten()
+                        f = f.clone().requires_grad_()
+                        y = ref.roi_align(f, rois64[sel], (PH, PW), scale, 2, True)
+                        want[sel] = y.detach()
+                        want_g.append(torch.autograd.grad(y, f, g64[sel])[0] if y.requires_grad
+                                      else torch.zeros_like(f))
+                    feats = [f.to(device, dtype).contiguous(memory_format=fmt or torch.contiguous_format)
+                             .requires_grad_() for f in feats64]
+                    rois, lv = rois64.to(device, dtype), levels.to(device)
+                    y = roi_align_multilevel(feats, rois, lv, (PH, PW), scales, 2, True, backend=backend)
+                    got_g = torch.autograd.grad(y, feats, g64.to(device, dtype))
+                    if fmt is not None and not all(g.is_contiguous(memory_format=fmt) for g in got_g):
+                        raise AssertionError("grad_input lost the channels_last layout")
+                    if _torch_roi("roi_align") is not None:  # torchvision's loop over levels
+                        t = _roi_align_per_level(feats, rois, lv, (PH, PW), scales, 2, True, "avg", "torch")
+                        t_g = torch.autograd.grad(t, feats, g64.to(device, dtype))
+                    else:  # the float64 oracle rounded to the dtype (see the roi_align cases)
+                        t, t_g = want.to(dtype), [g.to(dtype) for g in want_g]
+                    yield "output", max_err(y.detach().cpu(), want), _allowed(want, t.detach().cpu(), dtype)
+                    for level in range(len(feats)):
+                        yield (f"grad level {level}", max_err(got_g[level].cpu(), want_g[level]),
+                               _allowed(want_g[level], t_g[level].cpu(), dtype))
+
+                yield "roi_align_levels", backend, label, dtype, run
+
     for backend in _backends_here("roi_pool", device):
         for label, fmt in (("roi_pool", None), ("roi_pool channels_last", torch.channels_last)):
             for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -445,6 +499,82 @@ def _detection_cases(device):
             yield "batched_nms" if batched else "nms", backend, label, torch.float32, run
 
 
+# ----------------------------------------------------------------------------- volume rendering
+
+def _volume_render_inputs(counts, seed, last_interval=True):
+    """Packed float64 samples of rays with `counts` samples (intervals increasing along each ray,
+    the last one NeRF's 1e10 with `last_interval`), densities in [0, 3), colours in [0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.tensor(counts, dtype=torch.int64)
+    n = int(counts.sum())
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    sig = torch.rand(n, generator=gen, dtype=torch.float64) * 3
+    rgb = torch.rand(n, 3, generator=gen, dtype=torch.float64)
+    width = torch.rand(n, generator=gen, dtype=torch.float64) * 0.2 + 0.02
+    ray = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    t1 = torch.cumsum(width, 0) - torch.cumsum(width, 0)[offsets[:-1]][ray] + width[offsets[:-1]][ray] + 2.0
+    t0 = t1 - width
+    if last_interval:
+        last = offsets[1:][counts > 0] - 1
+        t1[last] = t0[last] + 1e10
+    return sig, rgb, t0, t1, offsets
+
+
+def _volume_render_cases(device):
+    from reference.models.nerf import VolumeRenderer
+    from reference.ops import volume_render as ref
+
+    from .ops.volume_render import volume_render
+
+    bg = (0.2, 0.5, 1.0)
+    for backend in _backends_here("volume_render", device):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            # dense rays: outputs and gradients against the reference renderer in float64 (autograd)
+            def dense(dtype=dtype, backend=backend):
+                R, S = 6, 40
+                # no 1e10 interval: the half-precision torch renderer (the 2x rule's baseline) would overflow
+                sig, rgb, t0, t1, _ = _volume_render_inputs([S] * R, 10, last_interval=False)
+                shaped = (sig.view(R, S), rgb.view(R, S, 3), t0.view(R, S), t1.view(R, S))
+                g = torch.rand(R, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+                runs = {}
+                for who in ("kernel", "ref", "torch"):
+                    dt = torch.float64 if who == "ref" else dtype
+                    dev = device if who == "kernel" else "cpu"
+                    s = shaped[0].to(dev, dt).clone().requires_grad_()
+                    c = shaped[1].to(dev, dt).clone().requires_grad_()
+                    ts, te = (t.to(s.device, torch.float64 if dt == torch.float64 else torch.float32) for t in shaped[2:])
+                    if who == "kernel":
+                        out = volume_render(s, c, ts, te, background=torch.tensor(bg, dtype=dtype, device=device),
+                                            backend=backend)
+                        color, opacity, weights = out.color, out.opacity, out.weights
+                    else:
+                        color, opacity, _, weights = VolumeRenderer(bg)(s, c, ts.to(dt), te.to(dt))
+                    color.backward(g.to(color.device, color.dtype))
+                    runs[who] = {"color": color, "opacity": opacity, "weights": weights, "grad_sigmas": s.grad,
+                                 "grad_rgbs": c.grad}
+                for q in runs["ref"]:
+                    k, o, t = (runs[w][q].detach().cpu() for w in ("kernel", "ref", "torch"))
+                    yield q, max_err(k, o), _allowed(o, t, dtype)
+
+            yield "volume_render", backend, "dense 6x40 bg", dtype, dense
+
+            # packed rays with empty / one-sample rays and early termination: forward against the
+            # per-ray float64 quadrature
+            def packed(dtype=dtype, backend=backend):
+                sig, rgb, t0, t1, offsets = _volume_render_inputs([0, 1, 7, 45, 3, 33], 12)
+                want = ref.volume_render_packed(sig.to(dtype), rgb.to(dtype), t0.float(), t1.float(), offsets,
+                                                transmittance_threshold=1e-2)
+                got = volume_render(sig.to(device, dtype), rgb.to(device, dtype), t0.to(device).float(),
+                                    t1.to(device).float(), offsets=offsets.to(device), transmittance_threshold=1e-2,
+                                    backend=backend)
+                for q in ("color", "opacity", "depth", "weights"):
+                    o = want[q]
+                    allowed = (TOL[dtype]["atol"] + TOL[dtype]["rtol"]) * max(1.0, o.abs().max().item())
+                    yield q, max_err(getattr(got, q).cpu(), o), allowed
+
+            yield "volume_render", backend, "packed early-stop", dtype, packed
+
+
 CHECKS = {
     "batch_norm_relu": _batch_norm_relu_cases,
     "conv": _conv_cases,
@@ -452,6 +582,7 @@ CHECKS = {
     "window_attention": _window_attention_cases,
     "diffusion": _diffusion_cases,
     "detection": _detection_cases,
+    "volume_render": _volume_render_cases,
 }
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import cvkernels  # noqa: F401  (loads the extension)
 from cvkernels import _extension
 from cvkernels.nn.roi import MultiScaleRoIAlign, RoIAlign, RoIPool
-from cvkernels.ops.roi import patch_torchvision, roi_align, roi_pool
+from cvkernels.ops.roi import _roi_align_per_level, patch_torchvision, roi_align, roi_align_multilevel, roi_pool
 from helpers import make_input, opcheck, poisoned_outputs
 from reference.ops import roi as ref
 from tolerances import assert_close
@@ -350,6 +350,278 @@ def test_patch_torchvision_without_torchvision(caplog):
     assert "torchvision is not installed" in caplog.text
 
 
+# ----------------------------------------------------------------------------- multi-level (FPN) RoI Align
+
+ML_SIZES = ((2, 3, 17, 21), (2, 3, 9, 11), (2, 3, 5, 6), (2, 3, 3, 3))  # level 2 gets no RoI
+ML_SCALES = (SCALE, SCALE / 2, SCALE / 4, SCALE / 8)
+ML_LEVELS = (0, 1, 0, 3, 1, 0, 3, 1)  # every used level has RoIs of both images
+ML_OUT = (3, 2)
+
+
+def _ml_layout(dtype, layout, level):
+    """A level's empty feature: contiguous, channels_last, or mixed (channels_last on odd levels)."""
+    cl = layout == "channels_last" or (layout == "mixed" and level % 2 == 1)
+    return _layout(ML_SIZES[level], dtype, "channels_last" if cl else "contiguous")
+
+
+@functools.lru_cache(maxsize=None)
+def _ml_case(mode):
+    """bf16-exact levels and RoIs (partly outside, one tiny, one with x2 < x1), and the
+    float64 oracle's output and per-level gradients (each level's RoIs pooled from that level)."""
+    gen = torch.Generator().manual_seed(77 + len(mode))
+    feats = [_bf16_exact(torch.randn(s, dtype=torch.float64, generator=gen)) for s in ML_SIZES]
+    K = len(ML_LEVELS)
+    xy = torch.randint(-40, 320, (K, 2), generator=gen) / 8
+    wh = torch.randint(2, 280, (K, 2), generator=gen) / 8
+    boxes = torch.cat([xy, xy + wh], 1).double()
+    boxes[1] = torch.tensor([5.0, 6.0, 5.125, 6.25])
+    boxes[2] = torch.tensor([24.0, 20.0, 14.0, 8.0])
+    idx = torch.tensor([0.0, 1, 1, 0, 0, 0, 1, 1])
+    rois = torch.cat([idx[:, None], boxes], 1).to(torch.bfloat16).double()  # exact in every dtype
+    levels = torch.tensor(ML_LEVELS)
+    g = _bf16_exact(torch.randn(K, 3, *ML_OUT, dtype=torch.float64, generator=gen))
+    out = torch.zeros(K, 3, *ML_OUT, dtype=torch.float64)
+    grads = []
+    for level, (f, s) in enumerate(zip(feats, ML_SCALES)):
+        sel = (levels == level).nonzero().flatten()
+        o, gx = _grad(lambda t: ref.roi_align(t, rois[sel], ML_OUT, s, 2, True, mode), f, g[sel])
+        out[sel] = o
+        grads.append(gx)
+    return feats, rois, levels, g, out, grads
+
+
+def _ml_run(feats, rois, levels, g, mode, fn=roi_align_multilevel):
+    """Output and per-level gradients of fn (roi_align_multilevel or the per-level loop)."""
+    leaves = [f.detach().clone().requires_grad_(True) for f in feats]
+    if fn is roi_align_multilevel:
+        out = fn(leaves, rois, levels, ML_OUT, list(ML_SCALES), 2, True, pool_mode=mode)
+    else:
+        out = fn(leaves, rois, levels, ML_OUT, list(ML_SCALES), 2, True, mode, None)
+    return out.detach(), torch.autograd.grad(out, leaves, g, allow_unused=True)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_multilevel_matches_per_level_and_reference(dtype, layout, mode):
+    feats64, rois64, levels, g64, expected, egrads = _ml_case(mode)
+    feats = [_ml_layout(dtype, layout, l).copy_(f) for l, f in enumerate(feats64)]
+    rois, g = rois64.to(dtype), g64.to(dtype)
+    out, grads = _ml_run(feats, rois, levels, g, mode)
+    loop_out, loop_grads = _ml_run(feats, rois, levels, g, mode, fn=_roi_align_per_level)
+    assert out.dtype == dtype and out.shape == expected.shape
+    assert_close(out, expected, dtype)
+    # the per-level loop runs the same arithmetic on each level's RoIs: bit for bit the same
+    assert torch.equal(out, loop_out)
+    for f, gx, lgx, egx in zip(feats, grads, loop_grads, egrads):
+        assert gx.dtype == dtype and gx.shape == f.shape
+        assert gx.is_contiguous(memory_format=torch.channels_last) == _is_cl(f)
+        assert_close(gx, egx, dtype)
+        assert torch.equal(gx, lgx)
+    assert not grads[2].any()  # level 2 has no RoI
+
+
+def _is_cl(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_multilevel_no_rois():
+    feats = [torch.randn(2, 3, 8, 8, requires_grad=True), torch.randn(2, 3, 4, 4, requires_grad=True)]
+    for mode in ("avg", "max"):
+        for boxes in (torch.zeros(0, 5), [torch.zeros(0, 4), torch.zeros(0, 4)]):
+            out = roi_align_multilevel(feats, boxes, torch.zeros(0, dtype=torch.int64), 2, [0.5, 0.25],
+                                       pool_mode=mode)
+            assert out.shape == (0, 3, 2, 2)
+            grads = torch.autograd.grad(out.sum(), feats)
+            assert all(torch.equal(gx, torch.zeros_like(f)) for gx, f in zip(grads, feats))
+
+
+def test_multilevel_poisoned_outputs_fully_written():
+    feats = [torch.randn(2, 3, 9, 8), torch.randn(2, 3, 5, 4).contiguous(memory_format=torch.channels_last),
+             torch.randn(2, 3, 3, 2)]
+    rois = make_rois(2, 18, 16, 6)
+    levels = torch.tensor([0, 1, 0, 1, 1, 0])  # level 2: no RoI
+    with poisoned_outputs():
+        for mode in ("avg", "max"):
+            leaves = [f.clone().requires_grad_(True) for f in feats]
+            out = roi_align_multilevel(leaves, rois, levels, 3, [0.5, 0.25, 0.125], -1, True, pool_mode=mode)
+            grads = torch.autograd.grad(out, leaves, torch.randn(6, 3, 3, 3))
+            assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_multilevel_gradcheck(mode):
+    feats = [torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True),
+             torch.randn(2, 2, 4, 3, dtype=torch.float64, requires_grad=True).contiguous(
+                 memory_format=torch.channels_last)]
+    rois = make_rois(2, 7 / 0.5, 6 / 0.5, 4, dtype=torch.float64)
+    levels = torch.tensor([0, 1, 1, 0])
+    assert torch.autograd.gradcheck(
+        lambda a, b: roi_align_multilevel([a, b], rois, levels, 2, [0.5, 0.25], 2, True, pool_mode=mode),
+        tuple(feats), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_multilevel_deterministic_bitwise(mode):
+    feats = [torch.randn(2, 8, 24, 24), torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last),
+             torch.randn(2, 8, 6, 6)]
+    rois = make_rois(2, 48, 48, 60, dtype=torch.float32)
+    levels = torch.arange(60) % 3
+    g = torch.randn(60, 8, 4, 4)
+
+    def grads():
+        leaves = [f.clone().requires_grad_(True) for f in feats]
+        out = roi_align_multilevel(leaves, rois, levels, 4, [0.5, 0.25, 0.125], -1, True, pool_mode=mode)
+        return torch.autograd.grad(out, leaves, g)
+
+    prev = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    try:
+        torch.use_deterministic_algorithms(True)
+        a, b = grads(), grads()
+        torch.set_num_threads(1)
+        c = grads()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(prev)
+    assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(a, b, c))
+
+
+def test_multilevel_opcheck():
+    feats = [torch.randn(2, 3, 6, 7), torch.randn(2, 3, 3, 4).contiguous(memory_format=torch.channels_last)]
+    rois = make_rois(2, 12, 14, 5, dtype=torch.float32)
+    levels = torch.tensor([1, 0, 1, 1, 0])
+    for mode in (0, 1):
+        args = (feats, rois, levels, [0.5, 0.25], 2, 3, -1, True, mode)
+        out, arg = torch.ops.cvkernels.roi_align_multilevel_forward(*args)
+        opcheck(torch.ops.cvkernels.roi_align_multilevel_forward, args)
+        opcheck(torch.ops.cvkernels.roi_align_multilevel_backward,
+                (torch.randn_like(out), rois, levels, arg, [0.5, 0.25], 2, 3, 2, 3, [6, 3], [7, 4], -1, True, mode,
+                 [False, True], True))
+
+
+def test_multilevel_torch_compile_fullgraph():
+    feats = {"0": torch.randn(2, 3, 16, 16, requires_grad=True), "1": torch.randn(2, 3, 8, 8, requires_grad=True),
+             "2": torch.randn(2, 3, 4, 4, requires_grad=True)}
+    boxes = [torch.tensor([[1.0, 2, 10, 12], [0, 0, 60, 50], [5, 5, 30, 20]]),
+             torch.tensor([[3.0, 4, 30, 50], [10, 20, 12, 22]])]
+    shapes = [(64, 64), (64, 60)]
+    m = MultiScaleRoIAlign(["0", "1", "2"], 3, 2)
+    m(feats, boxes, shapes)  # sets up the scales (a host read, as torchvision's)
+
+    def f(x, b):
+        return m(x, b, shapes).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(feats, boxes)
+    g1 = torch.autograd.grad(loss, list(feats.values()))
+    loss_e = f(feats, boxes)
+    g2 = torch.autograd.grad(loss_e, list(feats.values()))
+    torch.testing.assert_close(loss, loss_e)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_multiscale_one_launch_no_sync():
+    """MultiScaleRoIAlign runs one multi-level forward and one backward op, and no op that reads
+    device values on the host (nonzero, item) - what the per-level loop needed."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    feats = {"0": torch.randn(2, 4, 32, 32, requires_grad=True), "1": torch.randn(2, 4, 16, 16, requires_grad=True),
+             "2": torch.randn(2, 4, 8, 8, requires_grad=True)}
+    boxes = [torch.tensor([[1.0, 2, 10, 12], [0, 0, 100, 90]]), torch.tensor([[3.0, 4, 30, 50], [10, 20, 12, 22]])]
+    m = MultiScaleRoIAlign(["0", "1", "2"], 7, 2)
+    m(feats, boxes, [(128, 128), (128, 120)])
+    rec = Record()
+    with rec:
+        out = m(feats, boxes, [(128, 128), (128, 120)])
+        torch.autograd.grad(out.sum(), list(feats.values()))
+    cvk = [o for o in rec.ops if o.startswith("cvkernels.")]
+    assert cvk == ["cvkernels.roi_align_multilevel_forward", "cvkernels.roi_align_multilevel_backward"], cvk
+    assert not [o for o in rec.ops if o.split(".")[-1] in ("nonzero", "item", "_local_scalar_dense")], rec.ops
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_multiscale_low_precision_channels_last(dtype):
+    feats = {k: torch.randn(2, 4, s, s, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
+             for k, s in (("0", 32), ("1", 16), ("2", 8))}
+    boxes = []
+    for _ in range(2):
+        xy = torch.rand(6, 2, dtype=torch.float64) * 60
+        wh = torch.tensor([4.0, 20.0, 70.0, 120.0, 8.0, 500.0], dtype=torch.float64)[:, None].expand(6, 2)
+        boxes.append(torch.cat([xy, xy + wh], 1).to(dtype))
+    m = MultiScaleRoIAlign(["0", "1", "2"], 3, 2)
+    out = m(feats, boxes, [(128, 128), (120, 128)])
+    levels = m.map_levels(boxes)
+    assert set(levels.tolist()) == {0, 1, 2}
+    rois = torch.cat([torch.cat([torch.full((6, 1), float(i), dtype=dtype), b], 1) for i, b in enumerate(boxes)])
+    loop = _roi_align_per_level(list(feats.values()), rois, levels, (3, 3), m.scales, 2, False, "avg", None)
+    assert out.dtype == dtype and torch.equal(out, loop)
+    for k in range(rois.shape[0]):
+        level = int(levels[k])
+        exp = ref.roi_align(feats[str(level)].double(), rois[k:k + 1].double(), 3, m.scales[level], 2, False)
+        assert_close(out[k:k + 1], exp, dtype)
+
+
+def test_multilevel_fallbacks():
+    """More levels than one launch takes, and levels of different dtypes: one roi_align per level."""
+    feats = [torch.randn(1, 2, 2 + i, 3 + i, dtype=torch.float64) for i in range(10)]
+    rois = make_rois(1, 4, 4, 10, dtype=torch.float64)
+    levels = torch.arange(10)
+    scales = [0.5] * 10
+    out = roi_align_multilevel(feats, rois, levels, 2, scales, 2)
+    torch.testing.assert_close(out, _roi_align_per_level(feats, rois, levels, (2, 2), scales, 2, False, "avg", None),
+                               rtol=0, atol=0)
+    mixed = [feats[0], feats[1].float()]
+    out = roi_align_multilevel(mixed, rois[:4], levels[:4] % 2, 2, scales[:2], 2)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(
+        out, _roi_align_per_level(mixed, rois[:4], levels[:4] % 2, (2, 2), scales[:2], 2, False, "avg", None),
+        rtol=0, atol=0)
+
+
+def test_multilevel_errors():
+    feats = [torch.randn(2, 3, 6, 6), torch.randn(2, 3, 3, 3)]
+    rois = torch.tensor([[0, 0.0, 0.0, 2.0, 2.0], [1, 1.0, 1.0, 4.0, 3.0]])
+    lv = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="levels must have shape"):
+        roi_align_multilevel(feats, rois, lv[:1], 2, [1.0, 0.5])
+    with pytest.raises(TypeError, match="levels must be an integer"):
+        roi_align_multilevel(feats, rois, lv.float(), 2, [1.0, 0.5])
+    with pytest.raises(ValueError, match="spatial_scales"):
+        roi_align_multilevel(feats, rois, lv, 2, [1.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        roi_align_multilevel([], rois, lv, 2, [])
+    with pytest.raises(ValueError, match="features\\[1\\].*4-D"):
+        roi_align_multilevel([feats[0], feats[1][0]], rois, lv, 2, [1.0, 0.5])
+    with pytest.raises(ValueError, match="levels must be in \\[0, 2\\)"):
+        roi_align_multilevel(feats, rois, torch.tensor([0, 2]), 2, [1.0, 0.5])
+    with pytest.raises(ValueError, match="batch index"):
+        roi_align_multilevel(feats, rois + torch.tensor([2.0, 0, 0, 0, 0]), lv, 2, [1.0, 0.5])
+    # the registered op checks too
+    op = torch.ops.cvkernels.roi_align_multilevel_forward
+    with pytest.raises(ValueError, match="batch size and channels"):
+        op([feats[0], torch.randn(2, 4, 3, 3)], rois, lv, [1.0, 0.5], 2, 2, -1, False, 0)
+    with pytest.raises(TypeError, match="features\\[1\\] must have features\\[0\\]'s dtype"):
+        op([feats[0], feats[1].double()], rois, lv, [1.0, 0.5], 2, 2, -1, False, 0)
+    with pytest.raises(ValueError, match="1 to 8 levels"):
+        op([feats[1]] * 9, rois, lv, [1.0] * 9, 2, 2, -1, False, 0)
+    with pytest.raises(TypeError, match="levels must be int64"):
+        op(feats, rois, lv.int(), [1.0, 0.5], 2, 2, -1, False, 0)
+    with pytest.raises(ValueError, match="one value per level"):
+        torch.ops.cvkernels.roi_align_multilevel_backward(torch.zeros(2, 3, 2, 2), rois, lv, torch.zeros(0), [1.0, 0.5],
+                                                          2, 2, 2, 3, [6], [6, 3], -1, False, 0, [False, False], False)
+
+
 # ----------------------------------------------------------------------------- torchvision
 
 @pytest.mark.skipif(not HAS_TV, reason="torchvision not installed")
@@ -445,3 +717,46 @@ def test_cuda_bad_batch_index_errors():
     x = torch.randn(2, 3, 5, 5, device="cuda")
     with pytest.raises(ValueError, match="batch index"):
         roi_align(x, torch.tensor([[2, 0.0, 0, 2, 2]], device="cuda"), 2)
+
+
+@pytest.mark.skipif(not HAS_CUDA or not _extension.has_cuda_ops("roi_align_multilevel_forward"),
+                    reason="needs CUDA and the cvkernels CUDA build")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "mixed"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_cuda_multilevel_matches_cpu(dtype, layout, mode):
+    sizes = ((2, 19, 40, 33), (2, 19, 20, 17), (2, 19, 10, 9), (2, 19, 5, 5))
+    feats = [make_input(s, dtype, "cpu", "channels_last" if layout == "mixed" and l % 2 else "contiguous")
+             for l, s in enumerate(sizes)]
+    rois = make_rois(2, 40 / 0.5, 33 / 0.5, 80, dtype=dtype)
+    levels = torch.randint(0, 3, (80,))  # level 3 gets no RoI
+    scales = [0.5, 0.25, 0.125, 0.0625]
+    g = torch.randn(80, 19, 5, 4, dtype=torch.float64).to(dtype)
+
+    def run(fs, r, lv, gg):
+        leaves = [f.detach().clone().requires_grad_(True) for f in fs]
+        out = roi_align_multilevel(leaves, r, lv, (5, 4), scales, -1, True, pool_mode=mode)
+        return out.detach(), torch.autograd.grad(out, leaves, gg)
+
+    cpu_out, cpu_g = run(feats, rois, levels, g)
+    fc, rc, lc, gc = [f.cuda() for f in feats], rois.cuda(), levels.cuda(), g.cuda()
+    out, g_atomic = run(fc, rc, lc, gc)
+    prev = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        _, g_det1 = run(fc, rc, lc, gc)
+        _, g_det2 = run(fc, rc, lc, gc)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    loop_out = _roi_align_per_level(fc, rc, lc, (5, 4), scales, -1, True, mode, None)
+    assert_close(out.cpu(), cpu_out.double(), dtype)
+    assert torch.equal(out, loop_out)
+    t = 4 * assert_tol(dtype)
+    for f, a, d1, d2, c in zip(fc, g_atomic, g_det1, g_det2, cpu_g):
+        assert a.is_contiguous(memory_format=torch.channels_last) == _is_cl(f)
+        assert_close(a.cpu(), c.double(), dtype, atol=t, rtol=t)
+        assert_close(d1.cpu(), c.double(), dtype, atol=t, rtol=t)
+        assert torch.equal(d1, d2)
+    # a level outside the table reads nothing (no host check on CUDA)
+    bad = roi_align_multilevel(fc, rc[:2], torch.tensor([0, 9], device="cuda"), (5, 4), scales, -1, True)
+    assert torch.equal(bad[1], torch.zeros_like(bad[1]))

@@ -1,17 +1,21 @@
 // RoI Align (avg and max modes) and RoI Pool on CPU: cvkernels::roi_align_forward / _backward,
-// cvkernels::roi_pool_forward / _backward (schemas in csrc/cvkernels.cpp, geometry in
-// csrc/include/cvk_roi.h).
+// cvkernels::roi_align_multilevel_forward / _backward, cvkernels::roi_pool_forward / _backward
+// (schemas in csrc/cvkernels.cpp, geometry in csrc/include/cvk_roi.h).
 //
+// RoI Align runs over a list of feature levels (an FPN): RoI r reads level levels[r] at that level's
+// spatial scale, and the one-level op is the list of one level (every RoI on level 0). The levels
+// share N, C and dtype; their H, W and strides may differ.
 // Forward: parallel over RoIs. Per RoI the bilinear taps of every (bin, sample) are computed once
-// (torchvision's pre-calculation), then applied to every channel: channel-innermost when the input's
-// channels are contiguous (channels_last), channel-outermost otherwise. The input is read through its
-// strides (any layout works without a copy). Accumulation in float (double for float64) in
+// (torchvision's pre-calculation), then applied to every channel: channel-innermost when the level's
+// channels are contiguous (channels_last), channel-outermost otherwise. Inputs are read through
+// their strides (any layout works without a copy). Accumulation in float (double for float64) in
 // torchvision's sample order.
 // Backward: every path is deterministic by construction (a fixed summation order that does not
 // depend on the thread count):
-//   avg RoI Align: a gather over input rows (n, h): each row walks the RoIs of image n in index
-//     order and adds the weights of the samples that touch it (candidate_range + the exact weight);
-//     this is the same arithmetic the CUDA deterministic kernel uses.
+//   avg RoI Align: a gather over the input rows (level, n, h) of every level: each row walks the
+//     RoIs of (level, image n) in index order and adds the weights of the samples that touch it
+//     (candidate_range + the exact weight); this is the same arithmetic the CUDA deterministic
+//     kernel uses, and per level the same sums as the one-level op on that level's RoIs.
 //   max RoI Align and RoI Pool: each output element feeds at most 4 (1) pixels; threads own
 //     channels and scatter the RoIs of their channel in index order.
 // Gradients accumulate in float/double and are cast to the input's dtype and memory format last.
@@ -32,6 +36,66 @@
 #include "cvk_roi_checks.h"
 
 namespace cvk {
+namespace roi {
+
+// The most feature levels one multi-level call takes (the CUDA kernels get the levels as a kernel
+// argument of this many entries: csrc/cuda/roi_align.cu).
+constexpr int64_t kMaxLevels = 8;
+
+void check_levels_arg(const char* op, const at::Tensor& levels, const at::Tensor& rois) {
+  CVK_CHECK_VALUE(levels.dim() == 1 && levels.size(0) == rois.size(0), op, "levels must have shape (",
+                  rois.size(0), ",) (one level per RoI), got ", levels.sizes());
+  CVK_CHECK_TYPE(levels.scalar_type() == at::kLong, op, "levels must be int64, got ",
+                 dtype_name(levels.scalar_type()));
+  check_same_device(op, "levels", levels, "rois", rois);
+}
+
+// Multi-level RoI Align arguments, shared with the CUDA binding: 1 to kMaxLevels features of one
+// batch size, channel count, dtype and device, each a valid roi_align input at its scale; one scale
+// per level; levels int64 (K,) on rois' device.
+void check_multilevel_forward_args(const char* op, at::TensorList features, const at::Tensor& rois,
+                                   const at::Tensor& levels, at::ArrayRef<double> scales, int64_t PH, int64_t PW,
+                                   int64_t mode) {
+  const int64_t L = static_cast<int64_t>(features.size());
+  CVK_CHECK_VALUE(L >= 1 && L <= kMaxLevels, op, "features must hold 1 to ", kMaxLevels, " levels, got ", L);
+  CVK_CHECK_VALUE(static_cast<int64_t>(scales.size()) == L, op, "spatial_scales must have one value per level (",
+                  L, "), got ", scales.size());
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& f = features[l];
+    CVK_CHECK_VALUE(f.dim() == 4, op, "features[", l, "] must be 4-D (N, C, H, W), got shape ", f.sizes());
+    if (l > 0) {
+      const at::Tensor& f0 = features[0];
+      CVK_CHECK_TYPE(f.scalar_type() == f0.scalar_type(), op, "features[", l, "] must have features[0]'s dtype ",
+                     dtype_name(f0.scalar_type()), ", got ", dtype_name(f.scalar_type()));
+      CVK_CHECK_VALUE(f.device() == f0.device(), op, "features[", l, "] is on ", f.device(),
+                      " but features[0] is on ", f0.device());
+      CVK_CHECK_VALUE(f.size(0) == f0.size(0) && f.size(1) == f0.size(1), op, "features[", l,
+                      "] must have features[0]'s batch size and channels (", f0.size(0), ", ", f0.size(1),
+                      "), got shape ", f.sizes());
+    }
+    check_forward_args(op, f, rois, scales[l], PH, PW, mode);
+  }
+  check_levels_arg(op, levels, rois);
+}
+
+// The backward's: one scale, height, width and channels_last flag per level.
+void check_multilevel_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& rois,
+                                    const at::Tensor& levels, at::ArrayRef<double> scales, int64_t PH, int64_t PW,
+                                    int64_t N, int64_t C, at::IntArrayRef heights, at::IntArrayRef widths,
+                                    int64_t num_channels_last, int64_t mode) {
+  const int64_t L = static_cast<int64_t>(scales.size());
+  CVK_CHECK_VALUE(L >= 1 && L <= kMaxLevels, op, "spatial_scales must hold 1 to ", kMaxLevels, " levels, got ", L);
+  CVK_CHECK_VALUE(static_cast<int64_t>(heights.size()) == L && static_cast<int64_t>(widths.size()) == L &&
+                      num_channels_last == L,
+                  op, "heights, widths and channels_last must have one value per level (", L, "), got ",
+                  heights.size(), ", ", widths.size(), ", ", num_channels_last);
+  CVK_CHECK_VALUE(mode == 0 || mode == 1, op, "mode must be 0 (avg) or 1 (max), got ", mode);
+  for (int64_t l = 0; l < L; ++l) check_backward_args(op, grad, rois, PH, PW, N, C, heights[l], widths[l]);
+  check_levels_arg(op, levels, rois);
+}
+
+}  // namespace roi
+
 namespace {
 
 using at::Tensor;
@@ -43,6 +107,26 @@ struct Tap {
   bool valid;
 };
 
+// One feature level as the forward reads it.
+template <typename T>
+struct LevelInput {
+  const T* x;
+  int H, W;
+  int64_t sN, sC, sH, sW;
+  at::opmath_type<T> scale;
+};
+
+// One level's gradient buffer, (N, C, H, W) contiguous in the accumulation type.
+template <typename A>
+struct LevelGrad {
+  A* gx;
+  int H, W;
+  A scale;
+};
+
+// RoI r's level (0 for every RoI when there is no level tensor).
+inline int64_t level_of_roi(const int64_t* level_of, int64_t r) { return level_of ? level_of[r] : 0; }
+
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 at::MemoryFormat fmt_of(bool channels_last) {
@@ -50,28 +134,27 @@ at::MemoryFormat fmt_of(bool channels_last) {
 }
 
 template <typename T>
-void align_forward_impl(const Tensor& input, const Tensor& rois_a, double scale_d, int PH, int PW, int sr,
-                        bool aligned, int mode, Tensor& out, Tensor& argmax) {
+void align_forward_impl(const std::vector<LevelInput<T>>& levels, const int64_t* level_of, const Tensor& rois_a,
+                        int PH, int PW, int sr, bool aligned, int mode, Tensor& out, Tensor& argmax) {
   using A = at::opmath_type<T>;
-  const int64_t K = rois_a.size(0), C = input.size(1);
-  const int H = static_cast<int>(input.size(2)), W = static_cast<int>(input.size(3));
-  const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
-  const T* x = input.const_data_ptr<T>();
+  const int64_t K = rois_a.size(0), C = out.size(1);
   const A* rois = rois_a.const_data_ptr<A>();
   T* y = out.mutable_data_ptr<T>();
   int32_t* am = mode == roi::kMax ? argmax.mutable_data_ptr<int32_t>() : nullptr;
-  const A scale = static_cast<A>(scale_d);
-  const bool c_inner = sC == 1 && C > 1;
   const int64_t bins = int64_t(PH) * PW;
 
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
     std::vector<Tap<A>> taps;
-    std::vector<A> acc(c_inner ? C : 1);
-    std::vector<int32_t> arg(c_inner ? C : 1);
+    std::vector<A> acc(C);
+    std::vector<int32_t> arg(C);
     for (int64_t r = begin; r < end; ++r) {
+      const LevelInput<T>& lv = levels[level_of_roi(level_of, r)];
+      const int H = lv.H, W = lv.W;
+      const int64_t sC = lv.sC, sH = lv.sH, sW = lv.sW;
+      const bool c_inner = sC == 1 && C > 1;
       const A* roi = rois + r * 5;
       const int64_t n = static_cast<int64_t>(roi[0]);
-      const roi::AlignGeom<A> g = roi::align_geom<A>(roi, scale, PH, PW, sr, aligned);
+      const roi::AlignGeom<A> g = roi::align_geom<A>(roi, lv.scale, PH, PW, sr, aligned);
       const int gh = g.grid_h > 0 ? g.grid_h : 0, gw = g.grid_w > 0 ? g.grid_w : 0;
       const int64_t spb = int64_t(gh) * gw;  // samples per bin
       taps.resize(bins * spb);
@@ -97,7 +180,7 @@ void align_forward_impl(const Tensor& input, const Tensor& rois_a, double scale_
               tp.w4 = wyh * wxh;
             }
           }
-      const T* xn = x + n * sN;
+      const T* xn = lv.x + n * lv.sN;
       T* yr = y + r * C * bins;
       int32_t* ar = am ? am + r * C * bins : nullptr;
       if (c_inner) {
@@ -177,61 +260,110 @@ void align_forward_impl(const Tensor& input, const Tensor& rois_a, double scale_
   });
 }
 
+
+// Level values of CPU RoIs in [0, L) (reads the levels: CPU only).
+void check_level_values_cpu(const char* op, const Tensor& levels, int64_t L) {
+  if (levels.numel() == 0) return;
+  const int64_t lo = levels.min().item<int64_t>(), hi = levels.max().item<int64_t>();
+  CVK_CHECK_VALUE(lo >= 0 && hi < L, op, "levels must be in [0, ", L, ") for ", L, " feature levels, got values in [",
+                  lo, ", ", hi, "]");
+}
+
+
+// The CPU RoI Align forward over `inputs` (one level: every RoI on it; levels undefined). The caller
+// has checked the arguments but not their values.
+std::tuple<Tensor, Tensor> align_forward_levels(const char* op, at::TensorList inputs, at::ArrayRef<double> scales,
+                                                const Tensor& rois, const Tensor& levels, int64_t PH, int64_t PW,
+                                                int64_t sampling_ratio, bool aligned, int64_t mode) {
+  for (const Tensor& f : inputs) check_cpu(op, "input", f);
+  const Tensor& x0 = inputs[0];
+  const int64_t K = rois.size(0), N = x0.size(0), C = x0.size(1), L = static_cast<int64_t>(inputs.size());
+  const Tensor rois_a = rois.to(acc_type(x0.scalar_type())).contiguous();
+  roi::check_batch_indices_cpu(op, rois_a, N);
+  const Tensor level_t = levels.defined() ? levels.contiguous() : Tensor();
+  if (level_t.defined()) check_level_values_cpu(op, level_t, L);
+  Tensor out = at::empty({K, C, PH, PW}, x0.options());
+  Tensor argmax = mode == roi::kMax ? at::empty({K, C, PH, PW}, x0.options().dtype(at::kInt))
+                                    : at::empty({0}, x0.options().dtype(at::kInt));
+  if (out.numel() == 0) return {out, argmax};
+  for (const Tensor& f : inputs)
+    CVK_CHECK_VALUE(f.size(2) > 0 && f.size(3) > 0, op, "input must have a positive height and width, got ",
+                    f.sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "roi_align_forward_cpu", [&] {
+    std::vector<LevelInput<scalar_t>> lv(L);
+    for (int64_t l = 0; l < L; ++l) {
+      const Tensor& f = inputs[l];
+      lv[l] = {f.const_data_ptr<scalar_t>(), static_cast<int>(f.size(2)), static_cast<int>(f.size(3)),
+               f.stride(0), f.stride(1), f.stride(2), f.stride(3),
+               static_cast<at::opmath_type<scalar_t>>(scales[l])};
+    }
+    align_forward_impl<scalar_t>(lv, level_t.defined() ? level_t.const_data_ptr<int64_t>() : nullptr, rois_a,
+                                 static_cast<int>(PH), static_cast<int>(PW), static_cast<int>(sampling_ratio), aligned,
+                                 static_cast<int>(mode), out, argmax);
+  });
+  return {out, argmax};
+}
+
 std::tuple<Tensor, Tensor> roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
                                                  int64_t PH, int64_t PW, int64_t sampling_ratio, bool aligned,
                                                  int64_t mode) {
   constexpr const char* op = "roi_align";
   roi::check_forward_args(op, input, rois, spatial_scale, PH, PW, mode);
-  check_cpu(op, "input", input);
-  const int64_t K = rois.size(0), C = input.size(1);
-  const Tensor rois_a = rois.to(acc_type(input.scalar_type())).contiguous();
-  roi::check_batch_indices_cpu(op, rois_a, input.size(0));
-  Tensor out = at::empty({K, C, PH, PW}, input.options());
-  Tensor argmax = mode == roi::kMax ? at::empty({K, C, PH, PW}, input.options().dtype(at::kInt))
-                                    : at::empty({0}, input.options().dtype(at::kInt));
-  if (out.numel() == 0) return {out, argmax};
-  CVK_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, op, "input must have a positive height and width, got ",
-                  input.sizes());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
-    align_forward_impl<scalar_t>(input, rois_a, spatial_scale, static_cast<int>(PH), static_cast<int>(PW),
-                                 static_cast<int>(sampling_ratio), aligned, static_cast<int>(mode), out, argmax);
-  });
-  return {out, argmax};
+  return align_forward_levels(op, {input}, {spatial_scale}, rois, Tensor(), PH, PW, sampling_ratio, aligned, mode);
 }
 
-// Per-image RoI lists in index order.
-std::vector<std::vector<int64_t>> rois_by_image(const Tensor& rois_a, int64_t N) {
-  std::vector<std::vector<int64_t>> by(N);
+std::tuple<Tensor, Tensor> roi_align_multilevel_forward_cpu(at::TensorList features, const Tensor& rois,
+                                                            const Tensor& levels, at::ArrayRef<double> spatial_scales,
+                                                            int64_t PH, int64_t PW, int64_t sampling_ratio,
+                                                            bool aligned, int64_t mode) {
+  constexpr const char* op = "roi_align_multilevel";
+  roi::check_multilevel_forward_args(op, features, rois, levels, spatial_scales, PH, PW, mode);
+  return align_forward_levels(op, features, spatial_scales, rois, levels, PH, PW, sampling_ratio, aligned, mode);
+}
+
+// Per-(level, image) RoI lists in index order: list level * N + n.
+std::vector<std::vector<int64_t>> rois_by_group(const Tensor& rois_a, const int64_t* level_of, int64_t L, int64_t N) {
+  std::vector<std::vector<int64_t>> by(L * N);
   const Tensor idx = rois_a.select(1, 0).to(at::kLong).contiguous();
   const int64_t* p = idx.const_data_ptr<int64_t>();
-  for (int64_t r = 0; r < rois_a.size(0); ++r)
-    if (p[r] >= 0 && p[r] < N) by[p[r]].push_back(r);
+  for (int64_t r = 0; r < rois_a.size(0); ++r) {
+    const int64_t l = level_of_roi(level_of, r);
+    if (p[r] >= 0 && p[r] < N && l >= 0 && l < L) by[l * N + p[r]].push_back(r);
+  }
   return by;
 }
 
 template <typename A>
-void align_backward_avg(const Tensor& grad_a, const Tensor& rois_a, A scale, int PH, int PW, int sr, bool aligned,
-                        Tensor& gin /* (N, C, H, W) contiguous, A */) {
-  const int64_t N = gin.size(0), C = gin.size(1);
-  const int H = static_cast<int>(gin.size(2)), W = static_cast<int>(gin.size(3));
+void align_backward_avg(const Tensor& grad_a, const Tensor& rois_a, const int64_t* level_of,
+                        const std::vector<LevelGrad<A>>& levels, int64_t N, int64_t C, int PH, int PW, int sr,
+                        bool aligned) {
+  const int64_t L = static_cast<int64_t>(levels.size());
   const int64_t K = rois_a.size(0), bins = int64_t(PH) * PW;
   const A* rois = rois_a.const_data_ptr<A>();
   const A* gy = grad_a.const_data_ptr<A>();
-  A* gx = gin.mutable_data_ptr<A>();
   std::vector<roi::AlignGeom<A>> geom(K);
-  for (int64_t r = 0; r < K; ++r) geom[r] = roi::align_geom<A>(rois + r * 5, scale, PH, PW, sr, aligned);
-  const auto by = rois_by_image(rois_a, N);
+  for (int64_t r = 0; r < K; ++r)
+    geom[r] = roi::align_geom<A>(rois + r * 5, levels[level_of_roi(level_of, r)].scale, PH, PW, sr, aligned);
+  const auto by = rois_by_group(rois_a, level_of, L, N);
+  // the rows (n, h) of level l are [first_row[l], first_row[l + 1])
+  std::vector<int64_t> first_row(L + 1, 0);
+  for (int64_t l = 0; l < L; ++l) first_row[l + 1] = first_row[l] + N * levels[l].H;
 
-  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, first_row[L], 1, [&](int64_t begin, int64_t end) {
     std::vector<A> acc;
     std::vector<std::pair<int, A>> rowt, colt;
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / H;
-      const int h = static_cast<int>(row % H);
-      if (by[n].empty()) continue;
+      int64_t l = L - 1;
+      while (row < first_row[l]) --l;
+      const LevelGrad<A>& lv = levels[l];
+      const int H = lv.H, W = lv.W;
+      const int64_t n = (row - first_row[l]) / H;
+      const int h = static_cast<int>((row - first_row[l]) % H);
+      const std::vector<int64_t>& group = by[l * N + n];
+      if (group.empty()) continue;
       acc.assign(int64_t(W) * C, A(0));
       bool any = false;
-      for (int64_t r : by[n]) {
+      for (int64_t r : group) {
         const roi::AlignGeom<A>& g = geom[r];
         if (g.grid_h <= 0 || g.grid_w <= 0) continue;
         int k0, k1;
@@ -272,7 +404,7 @@ void align_backward_avg(const Tensor& grad_a, const Tensor& rois_a, A scale, int
         }
       }
       if (!any) continue;
-      A* plane = gx + n * C * H * W + int64_t(h) * W;
+      A* plane = lv.gx + n * C * H * W + int64_t(h) * W;
       for (int w = 0; w < W; ++w)
         for (int64_t c = 0; c < C; ++c) plane[c * H * W + w] = acc[int64_t(w) * C + c];
     }
@@ -280,23 +412,23 @@ void align_backward_avg(const Tensor& grad_a, const Tensor& rois_a, A scale, int
 }
 
 template <typename A>
-void align_backward_max(const Tensor& grad_a, const Tensor& rois_a, const Tensor& argmax, A scale, int PH, int PW,
-                        int sr, bool aligned, Tensor& gin) {
-  const int64_t C = gin.size(1);
-  const int H = static_cast<int>(gin.size(2)), W = static_cast<int>(gin.size(3));
-  const int64_t K = rois_a.size(0), bins = int64_t(PH) * PW, HW = int64_t(H) * W;
+void align_backward_max(const Tensor& grad_a, const Tensor& rois_a, const int64_t* level_of, const Tensor& argmax,
+                        const std::vector<LevelGrad<A>>& levels, int64_t C, int PH, int PW, int sr, bool aligned) {
+  const int64_t K = rois_a.size(0), bins = int64_t(PH) * PW;
   const A* rois = rois_a.const_data_ptr<A>();
   const A* gy = grad_a.const_data_ptr<A>();
   const int32_t* am = argmax.const_data_ptr<int32_t>();
-  A* gx = gin.mutable_data_ptr<A>();
   at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t r = 0; r < K; ++r) {
+      const LevelGrad<A>& lv = levels[level_of_roi(level_of, r)];
+      const int H = lv.H, W = lv.W;
+      const int64_t HW = int64_t(H) * W;
       const A* roi = rois + r * 5;
       const int64_t n = static_cast<int64_t>(roi[0]);
-      const roi::AlignGeom<A> g = roi::align_geom<A>(roi, scale, PH, PW, sr, aligned);
+      const roi::AlignGeom<A> g = roi::align_geom<A>(roi, lv.scale, PH, PW, sr, aligned);
       if (g.grid_h <= 0 || g.grid_w <= 0) continue;
       for (int64_t c = cb; c < ce; ++c) {
-        A* plane = gx + (n * C + c) * HW;
+        A* plane = lv.gx + (n * C + c) * HW;
         for (int64_t b = 0; b < bins; ++b) {
           const int32_t a = am[(r * C + c) * bins + b];
           if (a < 0) continue;
@@ -317,20 +449,23 @@ void align_backward_max(const Tensor& grad_a, const Tensor& rois_a, const Tensor
   });
 }
 
-Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                              int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
-                              int64_t sampling_ratio, bool aligned, int64_t mode, bool channels_last,
-                              bool deterministic) {
-  (void)deterministic;  // every CPU path is deterministic
-  constexpr const char* op = "roi_align_backward";
-  roi::check_backward_args(op, grad, rois, PH, PW, N, C, H, W);
+// The CPU RoI Align backward: one gradient per level (levels undefined: one level, every RoI on it).
+// The caller has checked the arguments but not their values.
+std::vector<Tensor> align_backward_levels(const char* op, const Tensor& grad, const Tensor& rois, const Tensor& levels,
+                                          const Tensor& argmax, at::ArrayRef<double> scales, int64_t PH, int64_t PW,
+                                          int64_t N, int64_t C, at::IntArrayRef heights, at::IntArrayRef widths,
+                                          int64_t sampling_ratio, bool aligned, int64_t mode,
+                                          const std::vector<bool>& channels_last) {
   check_cpu(op, "grad", grad);
-  CVK_CHECK_VALUE(mode == 0 || mode == 1, op, "mode must be 0 (avg) or 1 (max), got ", mode);
+  const int64_t L = static_cast<int64_t>(scales.size());
   const at::ScalarType at_ = acc_type(grad.scalar_type());
   const Tensor rois_a = rois.to(at_).contiguous();
   roi::check_batch_indices_cpu(op, rois_a, N);
-  Tensor gin = at::zeros({N, C, H, W}, grad.options().dtype(at_));
-  if (grad.numel() > 0 && gin.numel() > 0) {
+  const Tensor level_t = levels.defined() ? levels.contiguous() : Tensor();
+  if (level_t.defined()) check_level_values_cpu(op, level_t, L);
+  std::vector<Tensor> gin(L);
+  for (int64_t l = 0; l < L; ++l) gin[l] = at::zeros({N, C, heights[l], widths[l]}, grad.options().dtype(at_));
+  if (grad.numel() > 0 && N * C > 0) {
     const Tensor grad_a = grad.to(at_).contiguous();
     if (mode == roi::kMax) {
       CVK_CHECK_VALUE(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kInt, op,
@@ -338,16 +473,48 @@ Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tens
       check_same_device(op, "argmax", argmax, "grad", grad);
     }
     const Tensor am = mode == roi::kMax ? argmax.contiguous() : argmax;
+    const int64_t* level_of = level_t.defined() ? level_t.const_data_ptr<int64_t>() : nullptr;
     AT_DISPATCH_FLOATING_TYPES(at_, "roi_align_backward_cpu", [&] {
+      std::vector<LevelGrad<scalar_t>> lv(L);
+      for (int64_t l = 0; l < L; ++l)
+        lv[l] = {gin[l].mutable_data_ptr<scalar_t>(), static_cast<int>(heights[l]), static_cast<int>(widths[l]),
+                 static_cast<scalar_t>(scales[l])};
       if (mode == roi::kAvg)
-        align_backward_avg<scalar_t>(grad_a, rois_a, static_cast<scalar_t>(spatial_scale), PH, PW,
-                                     static_cast<int>(sampling_ratio), aligned, gin);
+        align_backward_avg<scalar_t>(grad_a, rois_a, level_of, lv, N, C, PH, PW, static_cast<int>(sampling_ratio),
+                                     aligned);
       else
-        align_backward_max<scalar_t>(grad_a, rois_a, am, static_cast<scalar_t>(spatial_scale), PH, PW,
-                                     static_cast<int>(sampling_ratio), aligned, gin);
+        align_backward_max<scalar_t>(grad_a, rois_a, level_of, am, lv, C, PH, PW, static_cast<int>(sampling_ratio),
+                                     aligned);
     });
   }
-  return gin.to(grad.scalar_type()).contiguous(fmt_of(channels_last));
+  for (int64_t l = 0; l < L; ++l) gin[l] = gin[l].to(grad.scalar_type()).contiguous(fmt_of(channels_last[l]));
+  return gin;
+}
+
+Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                              int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
+                              int64_t sampling_ratio, bool aligned, int64_t mode, bool channels_last,
+                              bool deterministic) {
+  (void)deterministic;  // every CPU path is deterministic
+  constexpr const char* op = "roi_align_backward";
+  roi::check_backward_args(op, grad, rois, PH, PW, N, C, H, W);
+  CVK_CHECK_VALUE(mode == 0 || mode == 1, op, "mode must be 0 (avg) or 1 (max), got ", mode);
+  return align_backward_levels(op, grad, rois, Tensor(), argmax, {spatial_scale}, PH, PW, N, C, {H}, {W},
+                               sampling_ratio, aligned, mode, {channels_last})[0];
+}
+
+std::vector<Tensor> roi_align_multilevel_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& levels,
+                                                      const Tensor& argmax, at::ArrayRef<double> spatial_scales,
+                                                      int64_t PH, int64_t PW, int64_t N, int64_t C,
+                                                      at::IntArrayRef heights, at::IntArrayRef widths,
+                                                      int64_t sampling_ratio, bool aligned, int64_t mode,
+                                                      const c10::List<bool>& channels_last, bool deterministic) {
+  (void)deterministic;
+  constexpr const char* op = "roi_align_multilevel_backward";
+  roi::check_multilevel_backward_args(op, grad, rois, levels, spatial_scales, PH, PW, N, C, heights, widths,
+                                      static_cast<int64_t>(channels_last.size()), mode);
+  return align_backward_levels(op, grad, rois, levels, argmax, spatial_scales, PH, PW, N, C, heights, widths,
+                               sampling_ratio, aligned, mode, channels_last.vec());
 }
 
 // ------------------------------------------------------------------------------ RoI Pool
@@ -465,6 +632,8 @@ Tensor roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Tenso
 TORCH_LIBRARY_IMPL(cvkernels, CPU, m) {
   m.impl("roi_align_forward", TORCH_FN(roi_align_forward_cpu));
   m.impl("roi_align_backward", TORCH_FN(roi_align_backward_cpu));
+  m.impl("roi_align_multilevel_forward", TORCH_FN(roi_align_multilevel_forward_cpu));
+  m.impl("roi_align_multilevel_backward", TORCH_FN(roi_align_multilevel_backward_cpu));
   m.impl("roi_pool_forward", TORCH_FN(roi_pool_forward_cpu));
   m.impl("roi_pool_backward", TORCH_FN(roi_pool_backward_cpu));
 }

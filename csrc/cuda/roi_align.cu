@@ -2,6 +2,10 @@
 // Contract: csrc/include/cvk_roi_cuda.h; geometry shared with the CPU kernels: csrc/include/cvk_roi.h.
 // CUDA headers only, so nvcc compiles this file anywhere (tests/test_cuda_sources.py).
 //
+// Every kernel runs over a table of up to kMaxLevels feature levels (an FPN), passed by value as a
+// __grid_constant__ kernel argument (no device copy, no host sync): RoI r reads level level_of[r]
+// (level 0 when level_of is null: the one-level ops are a table of one level). Levels share N and C
+// and may differ in H, W and strides; a RoI whose level is outside the table reads nothing.
 // forward: one thread per output element (grid-stride, 64-bit index). With channels-contiguous input
 //   (channels_last) the flat index runs channel-fastest so a warp's loads are coalesced along C;
 //   otherwise pw-fastest. Accumulation in A (float, double for float64) in torchvision's sample order.
@@ -12,7 +16,9 @@
 //   touch the tile; then every thread walks the flagged RoIs in order and, for its pixel, the samples
 //   (avg), the bins' argmax samples (max) or the bins (RoI Pool) that can touch it (candidate ranges
 //   from cvk_roi.h, exact weights), accumulating kCB channels in registers. Each grad_input element
-//   is written once: no zero fill, no atomics, the same sum order every run.
+//   is written once: no zero fill, no atomics, the same sum order every run. With several levels the
+//   blocks' x index runs over the tiles of every level and a block walks the RoIs of (its level, its
+//   image): RoIs sorted by level * N + batch index.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -31,6 +37,30 @@ constexpr int kThreads = 256;
 constexpr int kTile = 16;  // gather tile: kTile x kTile pixels
 constexpr int kCB = 8;     // gather: channels per thread
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+constexpr int kMaxLevels = 8;  // the levels one launch takes (as checked by the torch side)
+
+// One feature level: what Problem's H, W, strides and spatial_scale say for the one-level ops.
+struct Level {
+  const void* input;  // forward: T, strides sN, sC, sH, sW in elements
+  void* grad_input;   // backward: A [N][C][H][W] contiguous
+  int64_t sN, sC, sH, sW;
+  double spatial_scale;
+  int H, W;
+  int64_t first_tile;  // gather backward: the first block x index of this level's pixel tiles
+  int tiles_w;         // gather backward: tiles per row of this level
+};
+
+struct Levels {
+  int count;
+  Level l[kMaxLevels];
+};
+
+// RoI r's level, or -1 when its batch index n or its level is out of range (it reads nothing).
+__device__ __forceinline__ int roi_level(const Problem& p, const Levels& lv, const int64_t* level_of, int64_t r,
+                                         int64_t n) {
+  const int64_t l = level_of ? level_of[r] : 0;
+  return (n < 0 || n >= p.N || l < 0 || l >= lv.count) ? -1 : static_cast<int>(l);
+}
 
 template <typename T>
 __device__ __forceinline__ float to_f(T v) {
@@ -97,11 +127,11 @@ __device__ __forceinline__ void decode_output_index(const Problem& p, int64_t id
 // ------------------------------------------------------------------------------ forward
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(kThreads, 2) align_forward_kernel(Problem p, const T* __restrict__ x,
+__global__ void __launch_bounds__(kThreads, 2) align_forward_kernel(Problem p, const __grid_constant__ Levels lv,
+                                                                 const int64_t* __restrict__ level_of,
                                                                  const A* __restrict__ rois, T* __restrict__ out,
                                                                  int32_t* __restrict__ argmax, bool c_fast) {
   const int64_t total = p.K * p.C * p.PH * p.PW;
-  const A scale = static_cast<A>(p.spatial_scale);
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     int64_t r, c;
@@ -110,29 +140,34 @@ __global__ void __launch_bounds__(kThreads, 2) align_forward_kernel(Problem p, c
     const int64_t o = ((r * p.C + c) * p.PH + ph) * p.PW + pw;
     const A* roi = rois + r * 5;
     const int64_t n = static_cast<int64_t>(roi[0]);
-    if (n < 0 || n >= p.N) {
+    const int l = roi_level(p, lv, level_of, r, n);
+    if (l < 0) {
       out[o] = store<T, A>(A(0));
       if (argmax) argmax[o] = -1;
       continue;
     }
-    const roi::AlignGeom<A> g = roi::align_geom<A>(roi, scale, p.PH, p.PW, p.sampling_ratio, p.aligned);
-    const T* xc = x + n * p.sN + c * p.sC;
+    const Level& L = lv.l[l];
+    const roi::AlignGeom<A> g =
+        roi::align_geom<A>(roi, static_cast<A>(L.spatial_scale), p.PH, p.PW, p.sampling_ratio, p.aligned);
+    const T* xc = static_cast<const T*>(L.input) + n * L.sN + c * L.sC;
     A acc = p.kind == roi::kAvg ? A(0) : -INFINITY;
     int32_t best = -1;
     for (int iy = 0; iy < g.grid_h; ++iy) {
       const A yy = roi::sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h);
       int yl, yh;
       A wyl, wyh;
-      const bool vy = roi::axis_taps(yy, p.H, yl, yh, wyl, wyh);
+      const bool vy = roi::axis_taps(yy, L.H, yl, yh, wyl, wyh);
       for (int ix = 0; ix < g.grid_w; ++ix) {
         const A xx = roi::sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w);
         int xl, xh;
         A wxl, wxh;
         A v = A(0);
-        const bool valid = vy && roi::axis_taps(xx, p.W, xl, xh, wxl, wxh);
+        const bool valid = vy && roi::axis_taps(xx, L.W, xl, xh, wxl, wxh);
         if (valid) {
-          v = (wyl * wxl) * load<T, A>(xc + yl * p.sH + xl * p.sW) + (wyl * wxh) * load<T, A>(xc + yl * p.sH + xh * p.sW) +
-              (wyh * wxl) * load<T, A>(xc + yh * p.sH + xl * p.sW) + (wyh * wxh) * load<T, A>(xc + yh * p.sH + xh * p.sW);
+          v = (wyl * wxl) * load<T, A>(xc + yl * L.sH + xl * L.sW) +
+              (wyl * wxh) * load<T, A>(xc + yl * L.sH + xh * L.sW) +
+              (wyh * wxl) * load<T, A>(xc + yh * L.sH + xl * L.sW) +
+              (wyh * wxh) * load<T, A>(xc + yh * L.sH + xh * L.sW);
         }
         if (p.kind == roi::kAvg) {
           if (valid) acc += v;
@@ -152,11 +187,11 @@ __global__ void __launch_bounds__(kThreads, 2) align_forward_kernel(Problem p, c
 }
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(kThreads, 2) pool_forward_kernel(Problem p, const T* __restrict__ x,
+__global__ void __launch_bounds__(kThreads, 2) pool_forward_kernel(Problem p, const __grid_constant__ Levels lv,
+                                                                const int64_t* __restrict__ level_of,
                                                                 const A* __restrict__ rois, T* __restrict__ out,
                                                                 int32_t* __restrict__ argmax, bool c_fast) {
   const int64_t total = p.K * p.C * p.PH * p.PW;
-  const A scale = static_cast<A>(p.spatial_scale);
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     int64_t r, c;
@@ -165,25 +200,27 @@ __global__ void __launch_bounds__(kThreads, 2) pool_forward_kernel(Problem p, co
     const int64_t o = ((r * p.C + c) * p.PH + ph) * p.PW + pw;
     const A* roi = rois + r * 5;
     const int64_t n = static_cast<int64_t>(roi[0]);
-    if (n < 0 || n >= p.N) {
+    const int l = roi_level(p, lv, level_of, r, n);
+    if (l < 0) {
       out[o] = store<T, A>(A(0));
       argmax[o] = -1;
       continue;
     }
-    const roi::PoolGeom g = roi::pool_geom<A>(roi, scale);
+    const Level& L = lv.l[l];
+    const roi::PoolGeom g = roi::pool_geom<A>(roi, static_cast<A>(L.spatial_scale));
     int hs, he, ws, we;
-    roi::pool_bin<A>(g.start_h, g.size_h, ph, p.PH, p.H, hs, he);
-    roi::pool_bin<A>(g.start_w, g.size_w, pw, p.PW, p.W, ws, we);
+    roi::pool_bin<A>(g.start_h, g.size_h, ph, p.PH, L.H, hs, he);
+    roi::pool_bin<A>(g.start_w, g.size_w, pw, p.PW, L.W, ws, we);
     const bool empty = he <= hs || we <= ws;
     A best = empty ? A(0) : A(-FLT_MAX);
     int32_t besti = -1;
-    const T* xc = x + n * p.sN + c * p.sC;
+    const T* xc = static_cast<const T*>(L.input) + n * L.sN + c * L.sC;
     for (int h = hs; h < he; ++h)
       for (int w = ws; w < we; ++w) {
-        const A v = load<T, A>(xc + h * p.sH + w * p.sW);
+        const A v = load<T, A>(xc + h * L.sH + w * L.sW);
         if (v > best) {
           best = v;
-          besti = h * p.W + w;
+          besti = h * L.W + w;
         }
       }
     out[o] = store<T, A>(best);
@@ -194,13 +231,12 @@ __global__ void __launch_bounds__(kThreads, 2) pool_forward_kernel(Problem p, co
 // ------------------------------------------------------------------------------ atomic backward
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(kThreads, 2) backward_atomic_kernel(Problem p, const T* __restrict__ grad,
+__global__ void __launch_bounds__(kThreads, 2) backward_atomic_kernel(Problem p, const __grid_constant__ Levels lv,
+                                                                   const int64_t* __restrict__ level_of,
+                                                                   const T* __restrict__ grad,
                                                                    const A* __restrict__ rois,
-                                                                   const int32_t* __restrict__ argmax,
-                                                                   A* __restrict__ gin) {
+                                                                   const int32_t* __restrict__ argmax) {
   const int64_t total = p.K * p.C * p.PH * p.PW;
-  const A scale = static_cast<A>(p.spatial_scale);
-  const int64_t HW = int64_t(p.H) * p.W;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int pw = static_cast<int>(idx % p.PW);
@@ -210,15 +246,19 @@ __global__ void __launch_bounds__(kThreads, 2) backward_atomic_kernel(Problem p,
     const int64_t c = t % p.C, r = t / p.C;
     const A* roi = rois + r * 5;
     const int64_t n = static_cast<int64_t>(roi[0]);
-    if (n < 0 || n >= p.N) continue;
-    A* plane = gin + (n * p.C + c) * HW;
+    const int l = roi_level(p, lv, level_of, r, n);
+    if (l < 0) continue;
+    const Level& L = lv.l[l];
+    const int64_t HW = int64_t(L.H) * L.W;
+    A* plane = static_cast<A*>(L.grad_input) + (n * p.C + c) * HW;
     const A gv = load<T, A>(grad + idx);
     if (p.kind == 2) {
       const int32_t a = argmax[idx];
       if (a >= 0 && a < HW) atomicAdd(plane + a, gv);
       continue;
     }
-    const roi::AlignGeom<A> g = roi::align_geom<A>(roi, scale, p.PH, p.PW, p.sampling_ratio, p.aligned);
+    const roi::AlignGeom<A> g =
+        roi::align_geom<A>(roi, static_cast<A>(L.spatial_scale), p.PH, p.PW, p.sampling_ratio, p.aligned);
     if (p.kind == roi::kMax) {
       const int32_t a = argmax[idx];
       if (a < 0 || g.grid_w <= 0) continue;
@@ -226,11 +266,11 @@ __global__ void __launch_bounds__(kThreads, 2) backward_atomic_kernel(Problem p,
       const A xx = roi::sample_coord(g.start_w, g.bin_w, pw, a % g.grid_w, g.grid_w);
       int yl, yh, xl, xh;
       A wyl, wyh, wxl, wxh;
-      if (!roi::axis_taps(yy, p.H, yl, yh, wyl, wyh) || !roi::axis_taps(xx, p.W, xl, xh, wxl, wxh)) continue;
-      atomicAdd(plane + int64_t(yl) * p.W + xl, gv * (wyl * wxl));
-      atomicAdd(plane + int64_t(yl) * p.W + xh, gv * (wyl * wxh));
-      atomicAdd(plane + int64_t(yh) * p.W + xl, gv * (wyh * wxl));
-      atomicAdd(plane + int64_t(yh) * p.W + xh, gv * (wyh * wxh));
+      if (!roi::axis_taps(yy, L.H, yl, yh, wyl, wyh) || !roi::axis_taps(xx, L.W, xl, xh, wxl, wxh)) continue;
+      atomicAdd(plane + int64_t(yl) * L.W + xl, gv * (wyl * wxl));
+      atomicAdd(plane + int64_t(yl) * L.W + xh, gv * (wyl * wxh));
+      atomicAdd(plane + int64_t(yh) * L.W + xl, gv * (wyh * wxl));
+      atomicAdd(plane + int64_t(yh) * L.W + xh, gv * (wyh * wxh));
       continue;
     }
     const A gc = gv / g.count;
@@ -238,16 +278,16 @@ __global__ void __launch_bounds__(kThreads, 2) backward_atomic_kernel(Problem p,
       const A yy = roi::sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h);
       int yl, yh;
       A wyl, wyh;
-      if (!roi::axis_taps(yy, p.H, yl, yh, wyl, wyh)) continue;
+      if (!roi::axis_taps(yy, L.H, yl, yh, wyl, wyh)) continue;
       for (int ix = 0; ix < g.grid_w; ++ix) {
         const A xx = roi::sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w);
         int xl, xh;
         A wxl, wxh;
-        if (!roi::axis_taps(xx, p.W, xl, xh, wxl, wxh)) continue;
-        atomicAdd(plane + int64_t(yl) * p.W + xl, gc * (wyl * wxl));
-        atomicAdd(plane + int64_t(yl) * p.W + xh, gc * (wyl * wxh));
-        atomicAdd(plane + int64_t(yh) * p.W + xl, gc * (wyh * wxl));
-        atomicAdd(plane + int64_t(yh) * p.W + xh, gc * (wyh * wxh));
+        if (!roi::axis_taps(xx, L.W, xl, xh, wxl, wxh)) continue;
+        atomicAdd(plane + int64_t(yl) * L.W + xl, gc * (wyl * wxl));
+        atomicAdd(plane + int64_t(yl) * L.W + xh, gc * (wyl * wxh));
+        atomicAdd(plane + int64_t(yh) * L.W + xl, gc * (wyh * wxl));
+        atomicAdd(plane + int64_t(yh) * L.W + xh, gc * (wyh * wxh));
       }
     }
   }
@@ -265,19 +305,25 @@ struct RoiShared {
 };
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p, const T* __restrict__ grad,
+__global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p, const __grid_constant__ Levels lv,
+                                                                   const T* __restrict__ grad,
                                                                    const A* __restrict__ rois,
                                                                    const int32_t* __restrict__ argmax,
                                                                    const int64_t* __restrict__ order,
-                                                                   const int64_t* __restrict__ image_start,
-                                                                   A* __restrict__ gin, int64_t z_items) {
+                                                                   const int64_t* __restrict__ group_start,
+                                                                   int64_t z_items) {
   __shared__ RoiShared<A> sr[kThreads];
+  int l = lv.count - 1;  // the level whose tiles hold block x (block-uniform)
+  while (l > 0 && int64_t(blockIdx.x) < lv.l[l].first_tile) --l;
+  const Level& L = lv.l[l];
+  const int64_t tile = int64_t(blockIdx.x) - L.first_tile;
   const int tid = threadIdx.y * kTile + threadIdx.x;
-  const int h0 = blockIdx.y * kTile, w0 = blockIdx.x * kTile;
+  const int h0 = static_cast<int>(tile / L.tiles_w) * kTile, w0 = static_cast<int>(tile % L.tiles_w) * kTile;
   const int h = h0 + threadIdx.y, w = w0 + threadIdx.x;
   const int64_t c_blocks = (p.C + kCB - 1) / kCB;
-  const A scale = static_cast<A>(p.spatial_scale);
+  const A scale = static_cast<A>(L.spatial_scale);
   const int64_t bins = int64_t(p.PH) * p.PW;
+  A* gin = static_cast<A*>(L.grad_input);
   for (int64_t z = blockIdx.z; z < z_items; z += gridDim.z) {
     const int64_t n = z / c_blocks;
     const int64_t c0 = (z % c_blocks) * kCB;
@@ -285,7 +331,8 @@ __global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p,
     A acc[kCB];
 #pragma unroll
     for (int i = 0; i < kCB; ++i) acc[i] = A(0);
-    const int64_t rb = image_start[n], re = image_start[n + 1];
+    // the RoIs of (level l, image n), in index order
+    const int64_t rb = group_start[l * p.N + n], re = group_start[l * p.N + n + 1];
     for (int64_t chunk = rb; chunk < re; chunk += kThreads) {
       __syncthreads();
       if (chunk + tid < re) {
@@ -329,7 +376,7 @@ __global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p,
         if (hi_h < h0 - 1.0 || lo_h > tile_h1 + 1.0 || hi_w < w0 - 1.0 || lo_w > tile_w1 + 1.0) s.touches = 0;
       }
       __syncthreads();
-      if (h < p.H && w < p.W) {
+      if (h < L.H && w < L.W) {
         const int64_t m = (re - chunk < kThreads) ? re - chunk : kThreads;
         for (int j = 0; j < m; ++j) {
           const RoiShared<A>& s = sr[j];
@@ -339,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p,
             int p0, p1, q0, q1;
             roi::pool_candidates<A>(s.ph0, s.psh, p.PH, h, p0, p1);
             roi::pool_candidates<A>(s.pw0, s.psw, p.PW, w, q0, q1);
-            const int32_t target = h * p.W + w;
+            const int32_t target = h * L.W + w;
             for (int ph = p0; ph < p1; ++ph)
               for (int pw = q0; pw < q1; ++pw) {
                 const int64_t b = int64_t(ph) * p.PW + pw;
@@ -350,18 +397,18 @@ __global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p,
             continue;
           }
           int k0, k1, j0, j1;
-          roi::candidate_range(s.sh, s.bh, s.gh, p.PH, h, p.H, k0, k1);
+          roi::candidate_range(s.sh, s.bh, s.gh, p.PH, h, L.H, k0, k1);
           if (k0 >= k1) continue;
-          roi::candidate_range(s.sw, s.bw, s.gw, p.PW, w, p.W, j0, j1);
+          roi::candidate_range(s.sw, s.bw, s.gw, p.PW, w, L.W, j0, j1);
           if (j0 >= j1) continue;
           if (p.kind == roi::kAvg) {
             for (int k = k0; k < k1; ++k) {
               const int ph = k / s.gh;
-              const A wy = roi::axis_weight(roi::sample_coord(s.sh, s.bh, ph, k % s.gh, s.gh), p.H, h);
+              const A wy = roi::axis_weight(roi::sample_coord(s.sh, s.bh, ph, k % s.gh, s.gh), L.H, h);
               if (wy == A(0)) continue;
               for (int kx = j0; kx < j1; ++kx) {
                 const int pw = kx / s.gw;
-                const A wx = roi::axis_weight(roi::sample_coord(s.sw, s.bw, pw, kx % s.gw, s.gw), p.W, w);
+                const A wx = roi::axis_weight(roi::sample_coord(s.sw, s.bw, pw, kx % s.gw, s.gw), L.W, w);
                 if (wx == A(0)) continue;
                 const A wt = wy * wx / s.count;
                 const int64_t b = gbase + int64_t(ph) * p.PW + pw;
@@ -380,9 +427,9 @@ __global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p,
                   if (i >= ncb) continue;
                   const int32_t a = argmax[b + i * bins];
                   if (a < 0) continue;
-                  const A wy = roi::axis_weight(roi::sample_coord(s.sh, s.bh, ph, a / s.gw, s.gh), p.H, h);
+                  const A wy = roi::axis_weight(roi::sample_coord(s.sh, s.bh, ph, a / s.gw, s.gh), L.H, h);
                   if (wy == A(0)) continue;
-                  const A wx = roi::axis_weight(roi::sample_coord(s.sw, s.bw, pw, a % s.gw, s.gw), p.W, w);
+                  const A wx = roi::axis_weight(roi::sample_coord(s.sw, s.bw, pw, a % s.gw, s.gw), L.W, w);
                   if (wx == A(0)) continue;
                   acc[i] += load<T, A>(grad + b + i * bins) * (wy * wx);
                 }
@@ -391,53 +438,86 @@ __global__ void __launch_bounds__(kThreads, 2) backward_gather_kernel(Problem p,
         }
       }
     }
-    if (h < p.H && w < p.W) {
-      const int64_t HW = int64_t(p.H) * p.W;
+    if (h < L.H && w < L.W) {
+      const int64_t HW = int64_t(L.H) * L.W;
       #pragma unroll
       for (int i = 0; i < kCB; ++i)
-        if (i < ncb) gin[(n * p.C + c0 + i) * HW + int64_t(h) * p.W + w] = acc[i];
+        if (i < ncb) gin[(n * p.C + c0 + i) * HW + int64_t(h) * L.W + w] = acc[i];
     }
   }
 }
 
+// The kernels' level table from per-level problems (levels[l]: H, W, strides, spatial_scale) and
+// pointers (inputs or grad_inputs, either may be null); false when count is outside [1, kMaxLevels]
+// or the gather's tiles do not fit a grid's x dimension.
+bool make_levels(const Problem* levels, int count, const void* const* inputs, void* const* grad_inputs, Levels& lv) {
+  if (count < 1 || count > kMaxLevels) return false;
+  lv.count = count;
+  int64_t tiles = 0;
+  for (int l = 0; l < count; ++l) {
+    const Problem& q = levels[l];
+    const int tiles_w = (q.W + kTile - 1) / kTile;
+    lv.l[l] = Level{inputs ? inputs[l] : nullptr, grad_inputs ? grad_inputs[l] : nullptr, q.sN, q.sC, q.sH, q.sW,
+                    q.spatial_scale, q.H, q.W, tiles, tiles_w};
+    tiles += int64_t(tiles_w) * ((q.H + kTile - 1) / kTile);
+  }
+  for (int l = count; l < kMaxLevels; ++l) lv.l[l] = Level{};
+  return tiles < (int64_t(1) << 31);
+}
+
+int64_t total_tiles(const Levels& lv) {
+  const Level& L = lv.l[lv.count - 1];
+  return L.first_tile + int64_t(L.tiles_w) * ((L.H + kTile - 1) / kTile);
+}
+
 template <typename T, typename A>
-cudaError_t forward_t(const Problem& p, const void* input, const void* rois, void* out, int32_t* argmax,
-                      cudaStream_t stream) {
+cudaError_t forward_t(const Problem* levels, int count, const void* const* inputs, const int64_t* level_of,
+                      const void* rois, void* out, int32_t* argmax, cudaStream_t stream) {
+  Levels lv;
+  if (!make_levels(levels, count, inputs, nullptr, lv)) return cudaErrorInvalidValue;
+  const Problem& p = levels[0];
   const int64_t total = p.K * p.C * p.PH * p.PW;
   if (total == 0) return cudaSuccess;
-  const bool c_fast = p.sC == 1 && p.C > 1;
+  bool c_fast = p.C > 1;  // channel-fastest when every level is channels-contiguous
+  for (int l = 0; l < count; ++l) c_fast = c_fast && levels[l].sC == 1;
   if (p.kind == 2)
     pool_forward_kernel<T, A><<<grid_for(total), kThreads, 0, stream>>>(
-        p, static_cast<const T*>(input), static_cast<const A*>(rois), static_cast<T*>(out), argmax, c_fast);
+        p, lv, level_of, static_cast<const A*>(rois), static_cast<T*>(out), argmax, c_fast);
   else
     align_forward_kernel<T, A><<<grid_for(total), kThreads, 0, stream>>>(
-        p, static_cast<const T*>(input), static_cast<const A*>(rois), static_cast<T*>(out),
-        p.kind == roi::kMax ? argmax : nullptr, c_fast);
+        p, lv, level_of, static_cast<const A*>(rois), static_cast<T*>(out), p.kind == roi::kMax ? argmax : nullptr,
+        c_fast);
   return cudaGetLastError();
 }
 
 template <typename T, typename A>
-cudaError_t backward_atomic_t(const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
-                              void* gin, cudaStream_t stream) {
+cudaError_t backward_atomic_t(const Problem* levels, int count, const int64_t* level_of, const void* grad,
+                              const void* rois, const int32_t* argmax, void* const* grad_inputs, cudaStream_t stream) {
+  Levels lv;
+  if (!make_levels(levels, count, nullptr, grad_inputs, lv)) return cudaErrorInvalidValue;
+  const Problem& p = levels[0];
   const int64_t total = p.K * p.C * p.PH * p.PW;
   if (total == 0 || p.N * p.C == 0) return cudaSuccess;
   backward_atomic_kernel<T, A><<<grid_for(total), kThreads, 0, stream>>>(
-      p, static_cast<const T*>(grad), static_cast<const A*>(rois), argmax, static_cast<A*>(gin));
+      p, lv, level_of, static_cast<const T*>(grad), static_cast<const A*>(rois), argmax);
   return cudaGetLastError();
 }
 
 template <typename T, typename A>
-cudaError_t backward_gather_t(const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
-                              const int64_t* order, const int64_t* image_start, void* gin, cudaStream_t stream) {
-  if (p.N * p.C == 0 || p.H == 0 || p.W == 0) return cudaSuccess;
+cudaError_t backward_gather_t(const Problem* levels, int count, const void* grad, const void* rois,
+                              const int32_t* argmax, const int64_t* order, const int64_t* group_start,
+                              void* const* grad_inputs, cudaStream_t stream) {
+  Levels lv;
+  if (!make_levels(levels, count, nullptr, grad_inputs, lv)) return cudaErrorInvalidConfiguration;
+  const Problem& p = levels[0];
+  const int64_t tiles = total_tiles(lv);
+  if (p.N * p.C == 0 || tiles == 0) return cudaSuccess;
   const int64_t z_items = p.N * ((p.C + kCB - 1) / kCB);
   const dim3 block(kTile, kTile);
-  const dim3 grid((p.W + kTile - 1) / kTile, (p.H + kTile - 1) / kTile,
-                  static_cast<unsigned>(z_items < 65535 ? z_items : 65535));
-  if (grid.y > 65535) return cudaErrorInvalidConfiguration;
-  backward_gather_kernel<T, A><<<grid, block, 0, stream>>>(p, static_cast<const T*>(grad),
-                                                           static_cast<const A*>(rois), argmax, order, image_start,
-                                                           static_cast<A*>(gin), z_items);
+  const dim3 grid(static_cast<unsigned>(tiles), 1, static_cast<unsigned>(z_items < 65535 ? z_items : 65535));
+  backward_gather_kernel<T, A><<<grid, block, 0, stream>>>(p, lv, static_cast<const T*>(grad),
+                                                           static_cast<const A*>(rois), argmax, order, group_start,
+                                                           z_items);
   return cudaGetLastError();
 }
 
@@ -452,19 +532,46 @@ cudaError_t backward_gather_t(const Problem& p, const void* grad, const void* ro
   }                                                            \
   return cudaErrorInvalidValue;
 
+// The multi-level launchers (declared by csrc/cuda/roi_align_binding.cpp): levels[l] describes level l
+// (H, W, input strides, spatial_scale); the shared fields (N, C, K, PH, PW, sampling_ratio, aligned,
+// kind) are levels[0]'s. level_of: int64 [K] (RoI r reads level level_of[r]), or null (every RoI on
+// level 0). grad_inputs[l]: A [N][C][H_l][W_l] (zeroed for the atomic kernel). The gather's `order`
+// lists the RoIs sorted (stably) by level * N + batch index, `group_start` (int64 [count * N + 1])
+// the start of each (level, image) run in it.
+cudaError_t forward_multilevel(DType dtype, const Problem* levels, int count, const void* const* inputs,
+                               const int64_t* level_of, const void* rois, void* out, int32_t* argmax,
+                               cudaStream_t stream) {
+  CVK_ROI_DISPATCH(dtype, (forward_t<T, A>(levels, count, inputs, level_of, rois, out, argmax, stream)))
+}
+
+cudaError_t backward_atomic_multilevel(DType dtype, const Problem* levels, int count, const int64_t* level_of,
+                                       const void* grad, const void* rois, const int32_t* argmax,
+                                       void* const* grad_inputs, cudaStream_t stream) {
+  CVK_ROI_DISPATCH(dtype,
+                   (backward_atomic_t<T, A>(levels, count, level_of, grad, rois, argmax, grad_inputs, stream)))
+}
+
+cudaError_t backward_gather_multilevel(DType dtype, const Problem* levels, int count, const void* grad,
+                                       const void* rois, const int32_t* argmax, const int64_t* order,
+                                       const int64_t* group_start, void* const* grad_inputs, cudaStream_t stream) {
+  CVK_ROI_DISPATCH(dtype, (backward_gather_t<T, A>(levels, count, grad, rois, argmax, order, group_start,
+                                                   grad_inputs, stream)))
+}
+
+// The one-level launchers of cvk_roi_cuda.h: a table of one level, every RoI on it.
 cudaError_t forward(DType dtype, const Problem& p, const void* input, const void* rois, void* out, int32_t* argmax,
                     cudaStream_t stream) {
-  CVK_ROI_DISPATCH(dtype, (forward_t<T, A>(p, input, rois, out, argmax, stream)))
+  return forward_multilevel(dtype, &p, 1, &input, nullptr, rois, out, argmax, stream);
 }
 
 cudaError_t backward_atomic(DType dtype, const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
                             void* grad_input, cudaStream_t stream) {
-  CVK_ROI_DISPATCH(dtype, (backward_atomic_t<T, A>(p, grad, rois, argmax, grad_input, stream)))
+  return backward_atomic_multilevel(dtype, &p, 1, nullptr, grad, rois, argmax, &grad_input, stream);
 }
 
 cudaError_t backward_gather(DType dtype, const Problem& p, const void* grad, const void* rois, const int32_t* argmax,
                             const int64_t* order, const int64_t* image_start, void* grad_input, cudaStream_t stream) {
-  CVK_ROI_DISPATCH(dtype, (backward_gather_t<T, A>(p, grad, rois, argmax, order, image_start, grad_input, stream)))
+  return backward_gather_multilevel(dtype, &p, 1, grad, rois, argmax, order, image_start, &grad_input, stream);
 }
 
 }  // namespace roi_cuda

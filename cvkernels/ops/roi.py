@@ -4,8 +4,12 @@ fakes, and the functional API with torchvision's signatures.
     roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
               *, pool_mode="avg", backend=None)
     roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None)
+    roi_align_multilevel(features, boxes, levels, output_size, spatial_scales, sampling_ratio=-1,
+                         aligned=False, *, pool_mode="avg", backend=None)
 
 boxes: Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L, 4] (one per image).
+roi_align_multilevel pools RoI r from features[levels[r]] at spatial_scales[levels[r]] (FPN levels,
+MultiScaleRoIAlign) in one kernel launch for every level: cvkernels::roi_align_multilevel_*.
 Backends: "cuda" (CUDA C++ kernels), "cpp" (C++ CPU kernels), "torch" (torchvision's ops when
 torchvision is installed; max mode has no torch path). The backward is deterministic on the CPU;
 on CUDA it is the atomic scatter unless torch.use_deterministic_algorithms(True) is on, in which
@@ -23,6 +27,11 @@ from .. import _dispatch, _extension
 
 _MODES = {"avg": 0, "max": 1}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MAX_LEVELS = 8  # levels one roi_align_multilevel launch takes (csrc/cuda/roi_align.cu's table)
+# whether this build has the multi-level kernels, per device type (read once: torch.compile traces
+# the functions below, and the dispatcher queries are not traceable)
+_MULTILEVEL_KERNELS = {"cpu": _extension.has_op("roi_align_multilevel_forward"),
+                       "cuda": _extension.has_cuda_ops("roi_align_multilevel_forward")}
 
 
 # ----------------------------------------------------------------------------- fakes
@@ -40,6 +49,21 @@ if _extension.has_op("roi_align_forward"):
                         height, width, sampling_ratio, aligned, mode, channels_last, deterministic):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return grad.new_empty((batch_size, channels, height, width)).contiguous(memory_format=fmt)
+
+    if _extension.has_op("roi_align_multilevel_forward"):
+        @torch.library.register_fake("cvkernels::roi_align_multilevel_forward")
+        def _fake_align_multilevel_fwd(features, rois, levels, spatial_scales, pooled_height, pooled_width,
+                                       sampling_ratio, aligned, mode):
+            return _fake_align_fwd(features[0], rois, spatial_scales[0], pooled_height, pooled_width, sampling_ratio,
+                                   aligned, mode)
+
+        @torch.library.register_fake("cvkernels::roi_align_multilevel_backward")
+        def _fake_align_multilevel_bwd(grad, rois, levels, argmax, spatial_scales, pooled_height, pooled_width,
+                                       batch_size, channels, heights, widths, sampling_ratio, aligned, mode,
+                                       channels_last, deterministic):
+            return [_fake_align_bwd(grad, rois, argmax, scale, pooled_height, pooled_width, batch_size, channels, h, w,
+                                    sampling_ratio, aligned, mode, cl, deterministic)
+                    for scale, h, w, cl in zip(spatial_scales, heights, widths, channels_last)]
 
     @torch.library.register_fake("cvkernels::roi_pool_forward")
     def _fake_pool_fwd(input, rois, spatial_scale, pooled_height, pooled_width):
@@ -80,6 +104,30 @@ class _RoIAlignFunction(torch.autograd.Function):
             grad, rois, argmax, scale, PH, PW, shape[0], shape[1], shape[2], shape[3], sr, aligned, mode, cl,
             torch.are_deterministic_algorithms_enabled())
         return gin, None, None, None, None, None, None, None
+
+
+class _RoIAlignMultiLevelFunction(torch.autograd.Function):
+    """RoI Align over feature levels; the features come last (any number of them)."""
+
+    @staticmethod
+    def forward(ctx, rois, levels, spatial_scales, PH, PW, sampling_ratio, aligned, mode, *features):
+        out, argmax = torch.ops.cvkernels.roi_align_multilevel_forward(
+            list(features), rois, levels, list(spatial_scales), PH, PW, sampling_ratio, aligned, mode)
+        ctx.save_for_backward(rois, levels, argmax)
+        N, C = features[0].shape[:2]
+        ctx.args = (list(spatial_scales), PH, PW, N, C, [f.shape[2] for f in features], [f.shape[3] for f in features],
+                    sampling_ratio, aligned, mode, [_is_channels_last(f) for f in features])
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        rois, levels, argmax = ctx.saved_tensors
+        scales, PH, PW, N, C, heights, widths, sr, aligned, mode, cl = ctx.args
+        grads = torch.ops.cvkernels.roi_align_multilevel_backward(
+            grad, rois, levels, argmax, scales, PH, PW, N, C, heights, widths, sr, aligned, mode, cl,
+            torch.are_deterministic_algorithms_enabled())
+        return (None,) * 8 + tuple(grads)
 
 
 class _RoIPoolFunction(torch.autograd.Function):
@@ -214,6 +262,68 @@ def roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: Uni
     return _RoIPoolFunction.apply(input, rois, spatial_scale, PH, PW)
 
 
+def _check_levels(fn, levels, rois):
+    if not isinstance(levels, Tensor):
+        raise TypeError(f"{fn}: levels must be a Tensor[K] of level indices, got {type(levels).__name__}")
+    if levels.shape != (rois.shape[0],):
+        raise ValueError(f"{fn}: levels must have shape ({rois.shape[0]},) (one level per RoI), got "
+                         f"{tuple(levels.shape)}")
+    if levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
+        raise TypeError(f"{fn}: levels must be an integer tensor, got {levels.dtype}")
+    if levels.device != rois.device:
+        raise ValueError(f"{fn}: levels is on {levels.device} but the boxes are on {rois.device}")
+    return levels.to(torch.int64)
+
+
+def _roi_align_per_level(features, rois, levels, output_size, spatial_scales, sampling_ratio, aligned, pool_mode,
+                         backend):
+    """One roi_align per level (torchvision's MultiScaleRoIAlign loop): the path where the multi-level
+    kernel cannot run. Reads which RoIs each level has (a host sync on CUDA)."""
+    first = features[0]
+    result = first.new_zeros((rois.shape[0], first.shape[1]) + tuple(output_size))
+    for level, (feat, scale) in enumerate(zip(features, spatial_scales)):
+        idx = torch.where(levels == level)[0]
+        out = roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned, pool_mode=pool_mode,
+                        backend=backend)
+        result = result.index_put((idx,), out.to(result.dtype))
+    return result
+
+
+def roi_align_multilevel(features: List[Tensor], boxes: Union[Tensor, List[Tensor]], levels: Tensor,
+                         output_size: Union[int, Tuple[int, int]], spatial_scales: List[float],
+                         sampling_ratio: int = -1, aligned: bool = False, *, pool_mode: str = "avg",
+                         backend=None, check_indices: bool = True) -> Tensor:
+    """RoI Align of RoI r on features[levels[r]] at spatial_scales[levels[r]], every level in one launch.
+
+    features: 1 to 8 Tensor[N, C, H_l, W_l] of one dtype (H, W and layout may differ); boxes as
+    roi_align's (K RoIs); levels: integer Tensor[K]. Returns (K, C, PH, PW) in features[0]'s dtype,
+    differentiable with respect to every level. Levels are not checked on CUDA (no host sync): a RoI
+    whose level is outside [0, len(features)) gives zeros there (an error on the CPU). With
+    check_indices=False the batch indices are not read on CUDA either (RoIs built from per-image box
+    lists, as MultiScaleRoIAlign's, are valid by construction). More than 8 levels, levels of
+    different dtypes, or no multi-level kernel here: one roi_align per level (the same values)."""
+    fn = "roi_align_multilevel"
+    if not isinstance(features, (list, tuple)) or not features:
+        raise ValueError(f"{fn}: features must be a non-empty list of Tensor[N, C, H, W]")
+    if not isinstance(spatial_scales, (list, tuple)) or len(spatial_scales) != len(features):
+        raise ValueError(f"{fn}: spatial_scales must have one value per level ({len(features)}), got "
+                         f"{spatial_scales!r}")
+    scales = [_check_input(f"{fn}: features[{i}]", f, s) for i, (f, s) in enumerate(zip(features, spatial_scales))]
+    PH, PW = _pair(fn, output_size)
+    if pool_mode not in _MODES:
+        raise ValueError(f"{fn}: pool_mode must be 'avg' or 'max', got {pool_mode!r}")
+    first = features[0]
+    rois = _to_rois(fn, first, boxes, check_indices)
+    levels = _check_levels(fn, levels, rois)
+    one_kernel = len(features) <= _MAX_LEVELS and first.dtype in _DTYPES and all(
+        f.dtype == first.dtype for f in features)
+    name = _dispatch.choose("roi_align", first.device.type, backend, supported=one_kernel)
+    if name == "torch" or not _MULTILEVEL_KERNELS.get(first.device.type, False):
+        return _roi_align_per_level(features, rois, levels, (PH, PW), scales, int(sampling_ratio), bool(aligned),
+                                    pool_mode, backend)
+    return _RoIAlignMultiLevelFunction.apply(rois, levels, tuple(scales), PH, PW, int(sampling_ratio), bool(aligned),
+                                             _MODES[pool_mode], *features)
+
 
 # ----------------------------------------------------------------------------- torchvision patch
 
@@ -297,4 +407,4 @@ def patch_torchvision():
         _ORIGINALS.clear()
 
 
-__all__ = ["roi_align", "roi_pool", "patch_torchvision"]
+__all__ = ["roi_align", "roi_pool", "roi_align_multilevel", "patch_torchvision"]
