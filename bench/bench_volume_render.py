@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fused volume_render sampler steps against diffusers' scheduler.step (eager and torch.compile).
+"""NeRF volume rendering (dense, and packed with early termination) against the eager torch
+composite, its torch.compile and nerfacc (where installed).
 
     python bench/bench_volume_render.py [--out DIR] [--quick] [--dtype fp16,bf16] [--filter packed] ...
 
