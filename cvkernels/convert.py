@@ -8,6 +8,9 @@ Passes (each family adds its own):
     visited; a module that contains a pattern keeps its children and gets the rewritten
     forward (see _install_forward). A pattern is fused only when it is safe: the BatchNorm output feeds only the
     add/ReLU, the add output feeds only the ReLU, and the BatchNorm module is called once.
+  * Detection operators: RoIAlign / RoIPool / MultiScaleRoIAlign modules (torchvision's names and
+    attributes) and BatchedNMS modules (an ``iou_threshold``) get a routed subclass whose forward runs
+    cvkernels' RoI and NMS kernels (see convert's ``detection``).
 """
 import logging
 import operator
@@ -21,6 +24,9 @@ from . import _dispatch
 from .nn.batch_norm import BatchNormReLU, SyncBatchNormReLU
 from .nn.attention import MultiheadAttention, vit_attention_forward
 from .nn.conv import Conv2d, ConvTranspose2d
+from .nn.roi import MultiScaleRoIAlign as _CvkMultiScaleRoIAlign, RoIAlign as _CvkRoIAlign, RoIPool as _CvkRoIPool
+from .ops.nms import batched_nms as _batched_nms
+from .ops.roi import roi_align as _roi_align, roi_pool as _roi_pool
 
 log = logging.getLogger("cvkernels")
 
@@ -331,7 +337,76 @@ def _convert_attention(model, backend):
             _route(module, kind, backend)
 
 
-def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attention=True) -> nn.Module:
+# ----------------------------------------------------------------------------- detection operators
+# torchvision's (and reference/models/_detection.py's) RoIAlign / RoIPool / MultiScaleRoIAlign and BatchedNMS
+# modules, matched by class name and attributes, run their forward on cvkernels' RoI / NMS kernels
+
+
+def _has(m, *attrs):
+    return all(hasattr(m, a) for a in attrs)
+
+
+def _detection_kind(m):
+    if getattr(type(m), "_cvk_routed_base", None) is not None or isinstance(m, _CVK_ROI_MODULES):
+        return None
+    name = type(m).__name__
+    if name == "RoIAlign" and _has(m, "output_size", "spatial_scale", "sampling_ratio", "aligned") \
+            and getattr(m, "pool_mode", "avg") == "avg":
+        return "roi_align"
+    if name == "RoIPool" and _has(m, "output_size", "spatial_scale"):
+        return "roi_pool"
+    if name == "MultiScaleRoIAlign" and _has(m, "featmap_names", "output_size", "sampling_ratio"):
+        return "multiscale_roi_align"
+    threshold = getattr(m, "iou_threshold", None)
+    if name == "BatchedNMS" and isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        return "batched_nms"
+    return None
+
+
+def _routed_roi_align(self, input, rois):
+    """torchvision.ops.RoIAlign.forward on cvkernels.roi_align (the module's current attributes)."""
+    return _roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, bool(self.aligned),
+                      backend=self.__dict__.get("_cvk_backend"))
+
+
+def _routed_roi_pool(self, input, rois):
+    """torchvision.ops.RoIPool.forward on cvkernels.roi_pool."""
+    return _roi_pool(input, rois, self.output_size, self.spatial_scale, backend=self.__dict__.get("_cvk_backend"))
+
+
+def _routed_multiscale_roi_align(self, x, boxes, image_shapes):
+    """torchvision.ops.MultiScaleRoIAlign.forward on a cvkernels.nn.MultiScaleRoIAlign of the module's current
+    attributes (built per call, so that the levels' scales are inferred from the call's features, as torchvision
+    does)."""
+    pooler = _CvkMultiScaleRoIAlign(list(self.featmap_names), self.output_size, self.sampling_ratio,
+                                    canonical_scale=getattr(self, "canonical_scale", 224),
+                                    canonical_level=getattr(self, "canonical_level", 4))
+    return pooler(x, boxes, image_shapes)
+
+
+def _routed_batched_nms(self, boxes, scores, idxs):
+    """forward(boxes (K, 4), scores (K,), idxs (K,)) -> kept indices by decreasing score, on cvkernels.batched_nms."""
+    return _batched_nms(boxes, scores, idxs, float(self.iou_threshold), backend=self.__dict__.get("_cvk_backend"))
+
+
+_CVK_ROI_MODULES = (_CvkRoIAlign, _CvkRoIPool, _CvkMultiScaleRoIAlign)
+_ROUTES.update({
+    "roi_align": ("roi_align", {"forward": _routed_roi_align}),
+    "roi_pool": ("roi_pool", {"forward": _routed_roi_pool}),
+    "multiscale_roi_align": ("roi_align", {"forward": _routed_multiscale_roi_align}),
+    "batched_nms": ("nms", {"forward": _routed_batched_nms}),
+})
+
+
+def _convert_detection(model, backend):
+    for module in model.modules():
+        kind = _detection_kind(module)
+        if kind is not None:
+            _route(module, kind, backend)
+
+
+def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attention=True,
+            detection=True) -> nn.Module:
     """Routes the supported operators of ``model`` to cvkernels kernels; returns the model.
 
     Modifies ``model`` in place and returns it. Parameters and buffers are the same objects
@@ -350,6 +425,13 @@ def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attentio
             its need_weights=False path); timm-style ViT ``Attention`` modules run their attention
             on the flash kernel; Swin ``WindowAttention`` / ``SwinTransformerBlock`` (timm's names
             and attributes) run the fused shifted-window kernel.
+        detection: modules named RoIAlign / RoIPool / MultiScaleRoIAlign with torchvision's attributes
+            (torchvision.ops' and reference/models/_detection.py's) run on cvkernels.roi_align / roi_pool /
+            cvkernels.nn.MultiScaleRoIAlign (``_cvkernels_kernel`` "roi_align" / "roi_pool"), and modules named
+            BatchedNMS with an ``iou_threshold`` (forward(boxes, scores, idxs) -> kept indices, torchvision's
+            batched_nms semantics) on cvkernels.batched_nms ("nms"). They keep their class (a routed subclass),
+            attributes and state; ``backend`` applies to RoIAlign, RoIPool and NMS (MultiScaleRoIAlign
+            dispatches automatically).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
@@ -358,6 +440,8 @@ def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attentio
         _convert_convs(model, shared, backend)
     if attention:
         _convert_attention(model, backend)
+    if detection:
+        _convert_detection(model, backend)
     if bn_relu:
         _convert_bn_relu(model, shared, backend)
     return model
