@@ -614,8 +614,19 @@ def main(argv=None):
     parser.add_argument("families", nargs="*", help=f"families to check (default: all of {', '.join(CHECKS)})")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--all-rows", action="store_true", help="print every quantity, not one row per case")
+    parser.add_argument("--models", nargs="*", default=None, metavar="NAME",
+                        help="instead of the kernels: converted-vs-unconverted parity of these reference models "
+                             "(none given: every registered model; see cvkernels/model_check.py)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.models is not None:
+        from .model_check import check_models, format_results
+        names = [n for arg in args.models for n in arg.split(",") if n] or None
+        print(f"cvkernels check --models on {device} (torch {torch.__version__}, compiled ops: "
+              f"{_extension.has_ops()}, triton interpreter: {_dispatch.triton_interpreting()})")
+        results = check_models(names, device)
+        print(format_results(results))
+        return 0 if results and all(r.ok for r in results) else 1
     print(f"cvkernels check on {device} (torch {torch.__version__}, compiled ops: {_extension.has_ops()}, "
           f"triton interpreter: {_dispatch.triton_interpreting()})")
     start = time.time()

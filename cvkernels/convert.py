@@ -12,6 +12,7 @@ Passes (each family adds its own):
     attributes) and BatchedNMS modules (an ``iou_threshold``) get a routed subclass whose forward runs
     cvkernels' RoI and NMS kernels (see convert's ``detection``).
 """
+import inspect
 import logging
 import operator
 
@@ -27,6 +28,8 @@ from .nn.conv import Conv2d, ConvTranspose2d
 from .nn.roi import MultiScaleRoIAlign as _CvkMultiScaleRoIAlign, RoIAlign as _CvkRoIAlign, RoIPool as _CvkRoIPool
 from .ops.nms import batched_nms as _batched_nms
 from .ops.roi import roi_align as _roi_align, roi_pool as _roi_pool
+from .ops.volume_render import volume_render as _volume_render
+from .nn.volume_render import VolumeRenderer as _CvkVolumeRenderer
 
 log = logging.getLogger("cvkernels")
 
@@ -405,8 +408,42 @@ def _convert_detection(model, backend):
             _route(module, kind, backend)
 
 
+# ----------------------------------------------------------------------------- volume rendering
+# NeRF-style VolumeRenderer modules (reference/models/nerf.py's interface: a ``background`` attribute,
+# forward(sigmas (R, S), rgbs (R, S, F), t_starts, t_ends) -> (color, opacity, depth, weights)) run their
+# compositing on cvkernels.volume_render
+
+
+def _is_volume_renderer(m):
+    if getattr(type(m), "_cvk_routed_base", None) is not None or isinstance(m, _CvkVolumeRenderer):
+        return False
+    if type(m).__name__ != "VolumeRenderer" or not hasattr(m, "background"):
+        return False
+    try:
+        params = list(inspect.signature(m.forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[:4] == ["sigmas", "rgbs", "t_starts", "t_ends"]
+
+
+def _routed_volume_render(self, sigmas, rgbs, t_starts, t_ends):
+    """VolumeRenderer.forward on cvkernels.volume_render: (color, opacity, depth, weights)."""
+    bg = None if self.background is None else torch.as_tensor(self.background, dtype=rgbs.dtype, device=rgbs.device)
+    out = _volume_render(sigmas, rgbs, t_starts, t_ends, background=bg, backend=self.__dict__.get("_cvk_backend"))
+    return out.color, out.opacity, out.depth.to(sigmas.dtype), out.weights
+
+
+_ROUTES["volume_renderer"] = ("volume_render", {"forward": _routed_volume_render})
+
+
+def _convert_volume_render(model, backend):
+    for module in model.modules():
+        if _is_volume_renderer(module):
+            _route(module, "volume_renderer", backend)
+
+
 def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attention=True,
-            detection=True) -> nn.Module:
+            detection=True, volume_render=True) -> nn.Module:
     """Routes the supported operators of ``model`` to cvkernels kernels; returns the model.
 
     Modifies ``model`` in place and returns it. Parameters and buffers are the same objects
@@ -432,6 +469,9 @@ def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attentio
             batched_nms semantics) on cvkernels.batched_nms ("nms"). They keep their class (a routed subclass),
             attributes and state; ``backend`` applies to RoIAlign, RoIPool and NMS (MultiScaleRoIAlign
             dispatches automatically).
+        volume_render: NeRF ``VolumeRenderer`` modules (a ``background`` attribute and forward(sigmas,
+            rgbs, t_starts, t_ends) -> (color, opacity, depth, weights), reference/models/nerf.py's
+            interface) composite on cvkernels.volume_render ("volume_render").
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
@@ -442,6 +482,8 @@ def convert(model: nn.Module, *, backend=None, bn_relu=True, conv=True, attentio
         _convert_attention(model, backend)
     if detection:
         _convert_detection(model, backend)
+    if volume_render:
+        _convert_volume_render(model, backend)
     if bn_relu:
         _convert_bn_relu(model, shared, backend)
     return model
