@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from reference.models.nerf import VolumeRenderer
 
-__all__ = ["SphereScene", "camera_rays", "look_at", "render_ground_truth", "make_dataset"]
+__all__ = ["SphereScene", "train", "camera_rays", "look_at", "render_ground_truth", "make_dataset"]
 
 
 class SphereScene:
@@ -123,3 +123,26 @@ def make_dataset(n_views, height, width, seed, scene=None, radius=4.0, near=2.0,
     target = render_ground_truth(scene, rays_o, rays_d, near, far, n_samples, background)["color"]
     return dict(rays_o=rays_o.to(dtype), rays_d=rays_d.to(dtype), target_rgb=target.to(dtype), near=float(near),
                 far=float(far), c2w=torch.stack(poses), focal=focal, height=height, width=width)
+
+
+def train(model, data, steps=60, rays=256, lr=5e-3, seed=1):
+    """A short NeRF training run: ``steps`` Adam steps on random batches of ``rays`` rays of a
+    make_dataset() dict, photometric loss (reference.models.nerf); returns the losses. Runs on one
+    thread (tiny ops: more threads only add contention on a small machine) and restores the count."""
+    from .models.nerf import photometric_loss
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    losses, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps):
+            idx = torch.randint(0, data["rays_o"].shape[0], (rays,), generator=gen)
+            out = model(data["rays_o"][idx], data["rays_d"][idx], data["near"], data["far"], generator=gen)
+            loss = photometric_loss(out, data["target_rgb"][idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    return losses

@@ -380,20 +380,6 @@ def test_small_nerf_learns_the_synthetic_scene():
     data = nerf_scene.make_dataset(4, 16, 16, seed=0)
     torch.manual_seed(0)
     model = models.create("nerf", **{**models.get("nerf").small_config, "perturb": True})
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    gen = torch.Generator().manual_seed(1)
-    losses, threads = [], torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny ops: threads only add contention on a loaded 2-core CI machine
-    try:
-        for _ in range(60):
-            idx = torch.randint(0, data["rays_o"].shape[0], (256,), generator=gen)
-            out = model(data["rays_o"][idx], data["rays_d"][idx], data["near"], data["far"], generator=gen)
-            loss = nerf.photometric_loss(out, data["target_rgb"][idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        torch.set_num_threads(threads)
+    losses = nerf_scene.train(model, data)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.3 * first, (first, last)

@@ -196,19 +196,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> volume_render_backward_cpu(
   const int64_t spr = vr::check_forward_args(op, sigmas, features, t_starts, t_ends, offsets, num_rays, background,
                                              0.0);
   check_cpu(op, "sigmas", sigmas);
-  const int64_t R = num_rays, F = features.size(1), n = sigmas.size(0);
+  const int64_t R = num_rays, F = features.size(1);
   vr::check_backward_grads(op, grad_color, grad_opacity, grad_depth, grad_expected_depth, grad_weights, sigmas,
                            opacity, depth, num_kept, R, F);
   const bool has_gw = grad_weights.has_value() && grad_weights->defined();
-
   const bool packed = offsets.has_value() && offsets->defined();
-  // packed rays may leave samples outside every ray (malformed offsets): those gradients stay 0
-  auto alloc = [&](at::IntArrayRef size, const at::TensorOptions& o) {
-    return packed ? at::zeros(size, o) : at::empty(size, o);
-  };
-  Tensor g_sig = alloc({n}, sigmas.options()), g_feat = alloc({n, F}, features.options());
-  Tensor g_ts = t_grad ? alloc({n}, t_starts.options()) : at::empty({0}, t_starts.options());
-  Tensor g_te = t_grad ? alloc({n}, t_ends.options()) : at::empty({0}, t_ends.options());
+  vr::BackwardOutputs g = vr::backward_outputs(sigmas, features, t_starts, packed, t_grad);
+  Tensor &g_sig = g.sigmas, &g_feat = g.features, &g_ts = g.t_starts, &g_te = g.t_ends;
   Tensor gts_arg = t_grad ? g_ts : Tensor(), gte_arg = t_grad ? g_te : Tensor();
   const Tensor bg = vr::background_or_empty(background);
   const Tensor gw = has_gw ? *grad_weights : Tensor();

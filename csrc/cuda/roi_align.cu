@@ -26,6 +26,7 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "cvk_cuda_numeric.h"
 #include "cvk_roi.h"
 #include "cvk_roi_cuda.h"
 
@@ -62,40 +63,8 @@ __device__ __forceinline__ int roi_level(const Problem& p, const Levels& lv, con
   return (n < 0 || n >= p.N || l < 0 || l >= lv.count) ? -1 : static_cast<int>(l);
 }
 
-template <typename T>
-__device__ __forceinline__ float to_f(T v) {
-  return static_cast<float>(v);
-}
-template <>
-__device__ __forceinline__ float to_f<__half>(__half v) {
-  return __half2float(v);
-}
-template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T, typename A>
-__device__ __forceinline__ A load(const T* p) {
-  return static_cast<A>(to_f(*p));
-}
-template <>
-__device__ __forceinline__ double load<double, double>(const double* p) {
-  return *p;
-}
-
-template <typename T, typename A>
-__device__ __forceinline__ T store(A v) {
-  return static_cast<T>(v);
-}
-template <>
-__device__ __forceinline__ __half store<__half, float>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using cuda_numeric::load;
+using cuda_numeric::store;
 
 int grid_for(int64_t n) {
   int64_t b = (n + kThreads - 1) / kThreads;

@@ -90,12 +90,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> volume_render_backward_cuda(
   const Tensor bg = vr::background_or_empty(background);
   c10::cuda::CUDAGuard guard(sigmas.device());
   const vr_cuda::Problem p = problem_of(op, sigmas, features, offsets, num_rays, spr, bg, 0.0);
-  auto alloc = [&](at::IntArrayRef size, const at::TensorOptions& o) {
-    return p.offsets ? at::zeros(size, o) : at::empty(size, o);
-  };
-  Tensor g_sig = alloc({n}, sigmas.options()), g_feat = alloc({n, F}, features.options());
-  Tensor g_ts = t_grad ? alloc({n}, t_starts.options()) : at::empty({0}, t_starts.options());
-  Tensor g_te = t_grad ? alloc({n}, t_ends.options()) : at::empty({0}, t_ends.options());
+  vr::BackwardOutputs g = vr::backward_outputs(sigmas, features, t_starts, p.offsets != nullptr, t_grad);
+  Tensor &g_sig = g.sigmas, &g_feat = g.features, &g_ts = g.t_starts, &g_te = g.t_ends;
   // v_i - Q_{i+1} per sample in the accumulation type: grad_sigmas itself when it has that type
   const at::ScalarType acc = vr::acc_type(sigmas.scalar_type());
   Tensor workspace = sigmas.scalar_type() == acc ? g_sig : at::empty({n}, sigmas.options().dtype(acc));

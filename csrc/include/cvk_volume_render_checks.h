@@ -129,6 +129,24 @@ inline void check_backward_grads(const char* op, const at::Tensor& grad_color, c
   }
 }
 
+// The backward's outputs: grad_sigmas (N,), grad_features (N, F), and grad_t_starts / grad_t_ends
+// (N,) with t_grad, else empty. Zeroed for packed rays (samples outside every ray, possible only
+// with malformed offsets, are not written by the kernels), uninitialized for dense ones.
+struct BackwardOutputs {
+  at::Tensor sigmas, features, t_starts, t_ends;
+};
+
+inline BackwardOutputs backward_outputs(const at::Tensor& sigmas, const at::Tensor& features,
+                                        const at::Tensor& t_starts, bool packed, bool t_grad) {
+  const int64_t n = sigmas.size(0), f = features.size(1);
+  auto alloc = [&](at::IntArrayRef size, const at::TensorOptions& o) {
+    return packed ? at::zeros(size, o) : at::empty(size, o);
+  };
+  const auto t_opts = t_starts.options();
+  return {alloc({n}, sigmas.options()), alloc({n, f}, features.options()),
+          t_grad ? alloc({n}, t_opts) : at::empty({0}, t_opts), t_grad ? alloc({n}, t_opts) : at::empty({0}, t_opts)};
+}
+
 inline at::Tensor background_or_empty(const std::optional<at::Tensor>& background) {
   return background.has_value() && background->defined() ? *background : at::Tensor();
 }
