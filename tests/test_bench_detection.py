@@ -42,7 +42,7 @@ def test_gpu_case_list(one_thread):
     roi = [c for c in cases if c.kernel == "roi_align"]
     nms = [c for c in cases if c.kernel in ("nms", "batched_nms")]
     # 2 RoI counts x 2 output sizes x 4 FPN levels x fp32/fp16/bf16; 4 box counts x nms/batched_nms
-    assert len(roi) == 2 * 2 * 4 * 3 == 48 and len(nms) == 4 * 2 == 8 and len(cases) == 56
+    assert len(roi) == 2 * 2 * 4 * 3 == 48 and len(nms) == 4 * 2 == 8 and len(cases) == 56 + 1  # + maskrcnn_inference
     assert {c.shape for c in roi} == {f"{lvl}-1x256x{h}x{w}-k{k}-{p}x{p}"
                                       for lvl, h, w in (("p2", 200, 304), ("p3", 100, 152), ("p4", 50, 76),
                                                         ("p5", 25, 38))
@@ -64,7 +64,7 @@ def test_gpu_case_list(one_thread):
 
 def test_gpu_quick_and_cpu_lists_and_harness_registration():
     quick = _gpu_cases(quick=True)
-    assert len(quick) == 4 + 4
+    assert len(quick) == 4 + 4 + 1  # + maskrcnn_inference
     assert {c.dtype for c in quick if c.kernel == "roi_align"} == {torch.bfloat16}
     assert {c.shape for c in quick if c.kernel == "nms"} == {"n5000-iou0.7", "n50000-iou0.7"}
     cpu = D.cases(CPU, quick=True)

@@ -54,7 +54,10 @@ rows (its first compile alone takes longer than the rest of the run). It does no
 torchvision (its rows are recorded failures without it). ``--quick`` on a GPU: bf16 RoI Align
 at four (RoIs, output, level) points and NMS at 5k and 50k boxes.
 
-GPU run (one call, an H100/H200 with torchvision): 56 cases, 48 RoI Align (x 3 modes x 4
+End to end (GPU only): ``maskrcnn_inference``, torchvision's Mask R-CNN on two 800x1216 images,
+eager vs inside patch_torchvision() (:func:`maskrcnn_cases`), mode eval.
+
+GPU run (one call, an H100/H200 with torchvision): 57 cases, 48 RoI Align (x 3 modes x 4
 providers) and 8 NMS; estimated 6-8 minutes, mostly torch.compile's per-case compiles
 (``--provider cvkernels,cvkernels-deterministic,torchvision`` skips them). ``--max-seconds``
 stops starting new cases and keeps what was measured:
@@ -422,12 +425,57 @@ def nms_cases(device, quick: bool = False, dtypes: Optional[Sequence[torch.dtype
     return out
 
 
+# ----------------------------------------------------------------------------- end to end
+
+MASKRCNN_IMAGES = (2, 3, 800, 1216)
+
+
+def _maskrcnn_setup(device):
+    def setup():
+        import torchvision  # ImportError: the rows are recorded failures
+        torch.manual_seed(0)
+        model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                   box_score_thresh=0.0)
+        model = model.eval().to(device)
+        images = list(torch.rand(MASKRCNN_IMAGES, device=device))
+        return {"model": model, "images": images}
+    return setup
+
+
+def _maskrcnn_provider(patched):
+    def factory(inputs, mode):
+        from ..ops.roi import patch_torchvision
+        model, images = inputs["model"], inputs["images"]
+
+        def run():
+            with torch.no_grad():
+                if not patched:
+                    return model(images)[0]["boxes"]
+                with patch_torchvision():
+                    return model(images)[0]["boxes"]
+        return run
+    return factory
+
+
+def maskrcnn_cases(device) -> List[Case]:
+    """torchvision's Mask R-CNN (ResNet-50 FPN, random weights, score threshold 0 so the box and mask
+    heads see their full 100 detections), inference on two 800x1216 images: eager torchvision vs the
+    same model inside cvkernels.patch_torchvision() (RoI Align, MultiScaleRoIAlign, NMS on cvkernels)."""
+    return [Case(kernel="maskrcnn_inference", family=FAMILY, shape="x".join(map(str, MASKRCNN_IMAGES)),
+                 dtype=torch.float32, layout="NCHW", setup=_maskrcnn_setup(device),
+                 providers={"cvkernels": _maskrcnn_provider(True), "torchvision": _maskrcnn_provider(False)},
+                 modes=("eval",))]
+
+
 def cases(device, quick: bool = False, dtypes: Optional[Sequence[torch.dtype]] = None,
           kernels: Optional[Sequence[str]] = None) -> List[Case]:
-    """RoI Align and NMS cases; ``kernels`` keeps a subset of roi_align, nms, batched_nms."""
+    """RoI Align and NMS cases and (on a GPU) end-to-end Mask R-CNN inference; ``kernels`` keeps a
+    subset of roi_align, nms, batched_nms, maskrcnn_inference."""
     out = [] if kernels and "roi_align" not in kernels else roi_align_cases(device, quick, dtypes)
     if not kernels or {"nms", "batched_nms"} & set(kernels):
         out += nms_cases(device, quick, dtypes)
+    if torch.device(device).type == "cuda" and (not kernels or "maskrcnn_inference" in kernels):
+        out += maskrcnn_cases(device)
     if kernels:
         out = [c for c in out if c.kernel in kernels]
     return out

@@ -17,6 +17,7 @@ Providers:
     torch.compile  torch.compile of the eager composite (dynamic=False)
     nerfacc        nerfacc.render_weight_from_density + accumulate_along_rays where nerfacc is
                    installed (recorded as a failure otherwise)
+    nerf_train_step       one NeRF training step, reference model vs converted (:func:`nerf_step_cases`)
 Modes fwd and fwd+bwd (gradients for sigmas and rgbs; the upstream gradient is the colour's).
 
 Bytes (:func:`traffic_bytes`; s = element size of sigmas/rgbs, t in fp32, F = 3, N samples, R rays):
@@ -140,6 +141,55 @@ def _nerfacc(inputs, mode):
 PROVIDERS = {"cvkernels": _cvkernels, "eager": _eager, "torch.compile": _compiled, "nerfacc": _nerfacc}
 
 
+# ----------------------------------------------------------------------------- NeRF training step
+
+def _nerf_setup(rays, config, device):
+    def setup():
+        from reference import models, nerf_scene
+        torch.manual_seed(0)
+        data = nerf_scene.make_dataset(2, 32, 32, seed=0, n_samples=128)
+        idx = torch.randint(0, data["rays_o"].shape[0], (rays,), generator=torch.Generator().manual_seed(0))
+        model = models.create("nerf", **config).to(device).train()
+        return {"model": model, "rays_o": data["rays_o"][idx].to(device), "rays_d": data["rays_d"][idx].to(device),
+                "target": data["target_rgb"][idx].to(device), "near": data["near"], "far": data["far"]}
+    return setup
+
+
+def _nerf_provider(converted):
+    def factory(inputs, mode):
+        import copy
+
+        from reference.models import nerf
+
+        from ..convert import convert
+        model = copy.deepcopy(inputs["model"])
+        if converted:
+            model = convert(model)
+
+        def step():
+            gen = torch.Generator(device=inputs["rays_o"].device).manual_seed(0)
+            out = model(inputs["rays_o"], inputs["rays_d"], inputs["near"], inputs["far"], generator=gen)
+            return nerf.photometric_loss(out, inputs["target"])
+        return step, list(model.parameters())
+    return factory
+
+
+def nerf_step_cases(device) -> List[Case]:
+    """One NeRF training step (coarse + fine MLPs, stratified + hierarchical sampling, rendering,
+    photometric loss; fwd and fwd+bwd) on the synthetic sphere scene: the reference model vs the same
+    model after cvkernels.convert (its two VolumeRenderers on the kernel). GPU: the paper's model
+    (8x256, 64 + 128 samples) on 4096 rays; CPU: the small configuration on 256 rays."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        rays, config, label = 4096, {}, "4096 rays, 8x256, 64+128"
+    else:
+        from reference import models
+        rays, config, label = 256, dict(models.get("nerf").small_config), "256 rays, small config"
+    return [Case(kernel="nerf_train_step", family=FAMILY, shape=label, dtype=torch.float32, layout="dense",
+                 setup=_nerf_setup(rays, config, device),
+                 providers={"cvkernels": _nerf_provider(True), "eager": _nerf_provider(False)}, modes=MODES)]
+
+
 def cases(device, quick: bool = False, dtypes: Optional[Sequence[torch.dtype]] = None) -> List[Case]:
     device = torch.device(device)
     if device.type != "cuda":
@@ -162,7 +212,7 @@ def cases(device, quick: bool = False, dtypes: Optional[Sequence[torch.dtype]] =
                     layout="packed" if kernel == "volume_render_packed" else "dense",
                     setup=_setup(kernel, rays, samples, dtype, device), providers=dict(providers),
                     bytes={m: traffic_bytes(m, n, rays, esize) for m in MODES}, modes=MODES))
-    return out
+    return out + nerf_step_cases(device)
 
 
 def describe(device) -> str:
