@@ -58,7 +58,7 @@ def test_gpu_case_list(one_thread):
     assert all(c.modes == ("fwd",) and c.dtype == torch.float32 and c.bytes == {} for c in nms)
     assert all(list(c.providers) == ["cvkernels", "torchvision", "torch.compile"] for c in nms)
     # --dtype fp32: 16 RoI Align cases + the 8 NMS cases
-    assert len(D.cases(CUDA, dtypes=[torch.float32])) == 16 + 8
+    assert len(D.cases(CUDA, dtypes=[torch.float32])) == 16 + 8 + 1  # + maskrcnn_inference
     assert {c.kernel for c in D.cases(CUDA, kernels=["nms"])} == {"nms"}
 
 
