@@ -8,8 +8,13 @@
 //                             (channel, chunk of kChunk values) tasks.
 //   channels_last ((N, C) and NHWC): channels are contiguous within a row (n, s); work is split
 //                             into (row range, channel block) tasks with per-task partial sums.
-// Reductions accumulate each chunk in float (double for float64) with several lanes and merge
-// the chunks in double, in a fixed order: results do not depend on the number of threads.
+// Precision: per-channel constants are double, and the elementwise expressions and the backward's
+// per-channel sums are evaluated in compute_t (double for float32 input), so each output rounds
+// once (in float32 about half the per-op error of torch's CPU batch norm + add + relu). The forward's
+// statistics, whose errors a corrected two-pass algorithm keeps small, keep opmath_type partial
+// sums (float for float32: that pass runs at the speed of the loads) over blocks of at most
+// kLaneBlock values. Partial sums are added in double in a fixed order: results do not depend on
+// the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,6 +23,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -34,6 +41,15 @@ constexpr int64_t kChunk = 4096;         // values per reduction chunk (re-read 
 constexpr int64_t kChannelBlock = 1024;  // channels per channels_last task
 constexpr int64_t kMaxRowTasks = 64;     // row ranges of a channels_last reduction
 constexpr int64_t kGrain = 32768;        // values per parallel_for grain in elementwise passes
+constexpr int64_t kLaneBlock = 128;      // values summed in opmath_t lanes before a double add
+
+// Arithmetic of the elementwise passes and of the backward's sums: double for float32 and float64,
+// float for float16 / bfloat16. In float32 an expression such as (x - mean) * scale + shift (+ r)
+// would round three or four times, more than torch's x * alpha + beta, and float lanes summing
+// thousands of values round more than torch's double accumulator.
+template <typename scalar_t>
+using compute_t = std::conditional_t<std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>,
+                                     float, double>;
 
 // Element strides of the (N, C, S) view shared by every tensor of a call.
 struct Layout {
@@ -86,17 +102,24 @@ inline void with_stride(int64_t stride, const F& f) {
 }
 
 // Sums the pairs (a, b) that f(i, a, b) writes over i < len (f may leave b untouched: it then
-// costs nothing). `omp simd` keeps one partial sum per vector lane: the loop vectorizes and
-// rounds less than one serial sum.
+// costs nothing), in double. `omp simd` keeps one acc_t partial sum per vector lane (the loop
+// vectorizes) over blocks of kLaneBlock values; each block's sum is added in double, so a float
+// acc_t rounds as a kLaneBlock-value sum whatever len is.
 template <typename acc_t, typename F>
-inline std::pair<acc_t, acc_t> lane_sum(int64_t len, const F& f) {
-  acc_t sa = 0, sb = 0;
-#pragma omp simd reduction(+ : sa, sb)
-  for (int64_t i = 0; i < len; ++i) {
-    acc_t a = 0, b = 0;
-    f(i, a, b);
-    sa += a;
-    sb += b;
+inline std::pair<double, double> lane_sum(int64_t len, const F& f) {
+  double sa = 0, sb = 0;
+  for (int64_t i0 = 0; i0 < len; i0 += kLaneBlock) {
+    const int64_t i1 = std::min(i0 + kLaneBlock, len);
+    acc_t ba = 0, bb = 0;
+#pragma omp simd reduction(+ : ba, bb)
+    for (int64_t i = i0; i < i1; ++i) {
+      acc_t a = 0, b = 0;
+      f(i, a, b);
+      ba += a;
+      bb += b;
+    }
+    sa += ba;
+    sb += bb;
   }
   return {sa, sb};
 }
@@ -129,14 +152,14 @@ void channel_moments(const scalar_t* x, const Layout& L, std::vector<double>& me
         const int64_t c = task / nchunk, r0 = (task % nchunk) * kChunk, r1 = std::min(r0 + kChunk, rows);
         const scalar_t* xc = x + c * L.sC;
         const double count = static_cast<double>(r1 - r0);
-        acc_t sum = 0, dsum = 0, dsq = 0;
+        double sum = 0, dsum = 0, dsq = 0;
         with_stride(L.sS, [&](auto st) {
           for_each_run(L, r0, r1, [&](int64_t off, int64_t len) {
             sum += lane_sum<acc_t>(len, [&](int64_t i, acc_t& a, acc_t&) {
               a = static_cast<acc_t>(xc[off + i * st]);
             }).first;
           });
-          const acc_t m = sum / static_cast<acc_t>(count);
+          const acc_t m = static_cast<acc_t>(sum / count);
           for_each_run(L, r0, r1, [&](int64_t off, int64_t len) {
             const auto s = lane_sum<acc_t>(len, [&](int64_t i, acc_t& a, acc_t& b) {
               a = static_cast<acc_t>(xc[off + i * st]) - m;
@@ -146,7 +169,7 @@ void channel_moments(const scalar_t* x, const Layout& L, std::vector<double>& me
             dsq += s.second;
           });
           pmean[task] = m + dsum / count;
-          pm2[task] = std::max(0.0, dsq - static_cast<double>(dsum) * dsum / count);
+          pm2[task] = std::max(0.0, dsq - dsum * dsum / count);
         });
       }
     });
@@ -164,7 +187,7 @@ void channel_moments(const scalar_t* x, const Layout& L, std::vector<double>& me
   }
 
   const int64_t cw_max = std::min(C, kChannelBlock), ncb = ceil_div(C, cw_max);
-  const int64_t sub = std::max<int64_t>(1, kChunk / cw_max);  // rows per chunk
+  const int64_t sub = std::clamp<int64_t>(kChunk / cw_max, 1, kLaneBlock);  // rows per chunk
   const int64_t ntask = std::min(ceil_div(rows, sub), kMaxRowTasks), rows_per_task = ceil_div(rows, ntask);
   std::vector<double> pmean(ntask * C), pm2(ntask * C);
   at::parallel_for(0, ntask * ncb, 1, [&](int64_t begin, int64_t end) {
@@ -227,7 +250,7 @@ std::vector<double> channel_sums(const Layout& L, const Make& make) {
         const int64_t c = task / nchunk, r0 = (task % nchunk) * kChunk, r1 = std::min(r0 + kChunk, rows);
         const auto elem = make(c);
         const int64_t base = c * L.sC;
-        acc_t sa = 0, sb = 0;
+        double sa = 0, sb = 0;
         with_stride(L.sS, [&](auto st) {
           for_each_run(L, r0, r1, [&](int64_t off, int64_t len) {
             const auto s = lane_sum<acc_t>(len, [&](int64_t i, acc_t& a, acc_t& b) { elem(base + off + i * st, a, b); });
@@ -249,7 +272,7 @@ std::vector<double> channel_sums(const Layout& L, const Make& make) {
   }
 
   const int64_t cw_max = std::min(C, kChannelBlock), ncb = ceil_div(C, cw_max);
-  const int64_t sub = std::max<int64_t>(1, kChunk / cw_max);
+  const int64_t sub = std::clamp<int64_t>(kChunk / cw_max, 1, kLaneBlock);
   const int64_t ntask = std::min(ceil_div(rows, sub), kMaxRowTasks), rows_per_task = ceil_div(rows, ntask);
   std::vector<double> partial(2 * ntask * C, 0.0);  // [task][channel][a or b]
   at::parallel_for(0, ntask * ncb, 1, [&](int64_t begin, int64_t end) {
@@ -386,7 +409,8 @@ void check_input(const char* op, const Tensor& input) {
 template <typename scalar_t>
 void forward_kernel(const Tensor& x3, const Tensor& res3, const Tensor& y3, const std::vector<double>& mean,
                     const std::vector<double>& scale, const std::vector<double>& shift) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = compute_t<scalar_t>;
+  using opmath_t = at::opmath_type<scalar_t>;
   const Layout L = make_layout(x3);
   const std::vector<acc_t> m(mean.begin(), mean.end()), sc(scale.begin(), scale.end()),
       sh(shift.begin(), shift.end());
@@ -399,7 +423,10 @@ void forward_kernel(const Tensor& x3, const Tensor& res3, const Tensor& y3, cons
       return [=](int64_t i) {
         acc_t v = (static_cast<acc_t>(x[i]) - mc) * scc + shc;
         if constexpr (decltype(has_res)::value) v += static_cast<acc_t>(r[i]);
-        y[i] = static_cast<scalar_t>(v < acc_t(0) ? acc_t(0) : v);  // NaN propagates, as torch.relu
+        // ReLU of the rounded value, as torch.relu of a rounded batch_norm output (-0 and NaN
+        // propagate); a select after the narrowing conversion vectorizes, one before it does not.
+        const opmath_t o = static_cast<opmath_t>(v);
+        y[i] = static_cast<scalar_t>(o < opmath_t(0) ? opmath_t(0) : o);
       };
     });
   };
@@ -472,25 +499,34 @@ std::tuple<Tensor, Tensor, Tensor> bn_relu_forward_cpu(
   Tensor save_mean = from_double_vector(mean, stat_opts).to(stat_dtype(input));
   Tensor save_invstd = from_double_vector(invstd, stat_opts).to(stat_dtype(input));
 
-  // The kernel uses the statistics as saved (rounded to the stat dtype), as backward will.
-  const std::vector<double> mean_s = to_double_vector(save_mean, C, 0.0), invstd_s = to_double_vector(save_invstd, C, 0.0);
+  // The kernel uses the statistics in double, not as saved (rounded to the stat dtype): the
+  // output is then within one rounding of relu(batch_norm(x) + residual) with exact statistics.
   std::vector<double> scale = to_double_vector(weight, C, 1.0), shift = to_double_vector(bias, C, 0.0);
-  for (int64_t c = 0; c < C; ++c) scale[c] *= invstd_s[c];
+  for (int64_t c = 0; c < C; ++c) scale[c] *= invstd[c];
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_forward", [&] {
-    forward_kernel<scalar_t>(x3, res3, out.ncs, mean_s, scale, shift);
+    forward_kernel<scalar_t>(x3, res3, out.ncs, mean, scale, shift);
   });
   return {out.finish(), save_mean, save_invstd};
 }
 
 // ----------------------------------------------------------------------------- backward
 
-// ReLU backward as torch's threshold_backward: zero where output <= 0 (NaN passes). Both values
-// are loaded unconditionally, so the loops vectorize with a select instead of a branch.
+// ReLU backward as torch's threshold_backward: zero where output <= 0 (NaN passes), then widened
+// to acc_t. Both values are loaded unconditionally and the zeroing is a bit mask: a select followed
+// by a widening conversion is not if-converted under -ftrapping-math, and the loop would not
+// vectorize.
 template <typename acc_t, typename scalar_t>
 inline acc_t relu_grad(scalar_t grad_output, scalar_t output) {
-  const acc_t g = static_cast<acc_t>(grad_output), y = static_cast<acc_t>(output);
-  return y <= acc_t(0) ? acc_t(0) : g;
+  using opmath_t = at::opmath_type<scalar_t>;
+  using bits_t = std::conditional_t<sizeof(opmath_t) == 8, uint64_t, uint32_t>;
+  const opmath_t g = static_cast<opmath_t>(grad_output);
+  bits_t b;
+  std::memcpy(&b, &g, sizeof(b));
+  b &= bits_t(0) - static_cast<bits_t>(!(static_cast<opmath_t>(output) <= opmath_t(0)));
+  opmath_t kept;
+  std::memcpy(&kept, &b, sizeof(b));
+  return static_cast<acc_t>(kept);
 }
 
 // Returns (sum g, sum g * (x - mean)) per channel, g = grad_output * (output > 0); writes
@@ -499,7 +535,7 @@ template <typename scalar_t>
 std::vector<double> backward_reduce(const Layout& L, const Tensor& gy3, const Tensor& y3, const Tensor& x3,
                                     const Tensor& dres3, const Tensor& dx3_eval, const std::vector<double>& mean,
                                     const std::vector<double>& k1) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = compute_t<scalar_t>;
   const std::vector<acc_t> m(mean.begin(), mean.end()), k(k1.begin(), k1.end());
   const scalar_t* gy = gy3.const_data_ptr<scalar_t>();
   const scalar_t* y = y3.const_data_ptr<scalar_t>();
@@ -536,7 +572,7 @@ template <typename scalar_t>
 void backward_input(const Layout& L, const Tensor& gy3, const Tensor& y3, const Tensor& x3, const Tensor& dx3,
                     const std::vector<double>& mean, const std::vector<double>& k1, const std::vector<double>& a,
                     const std::vector<double>& b) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = compute_t<scalar_t>;
   const std::vector<acc_t> m(mean.begin(), mean.end()), k(k1.begin(), k1.end()), av(a.begin(), a.end()),
       bv(b.begin(), b.end());
   const scalar_t* gy = gy3.const_data_ptr<scalar_t>();
