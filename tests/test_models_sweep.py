@@ -62,8 +62,9 @@ def _params():
 # within 10-15% of flipping it, the converted run (or an exactly rounded kernel, measured) flips it,
 # and the flipped element's gradient moves every upstream gradient by ~5e-2 (relative). Their float64
 # parity is exact and is what is asserted; the float32 figures are reported. (Diagnosed for resnet101
-# and resnet152; inception_v3 and preact_resnet110 miss the same way, float64 exact, not dissected.)
-FP32_RELU_FLIP = {"resnet101", "resnet152", "inception_v3", "preact_resnet110"}
+# and resnet152; inception_v3, preact_resnet110 and deconvnet miss the same way, float64 exact, not
+# dissected.)
+FP32_RELU_FLIP = {"resnet101", "resnet152", "inception_v3", "preact_resnet110", "deconvnet"}
 
 
 @pytest.mark.parametrize("name", _params())
